@@ -1,0 +1,1 @@
+"""Ready-made Maestro agents: assistant, researcher, analyst, MRKL router."""

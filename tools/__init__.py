@@ -1,0 +1,1 @@
+"""Built-in Maestro tools: retrieval, sandboxed Python, calculator, SQL, HTTP, files, MCP."""
