@@ -1,0 +1,171 @@
+"""Compile ``kernels.cpp`` on first use with torch.utils.cpp_extension and wrap its custom ops.
+
+Why compile at run time: the kernels are built with ``-march=native`` for the machine that runs
+them (AVX-512 where present), which a portable wheel cannot do. The build is cached in torch's
+extensions directory (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a
+name that hashes the source, the compiler flags and the CPU's feature flags, so a cache shared
+between different machines never loads a binary built for another CPU.
+
+The C++ library registers ops in the ``model_kernels`` namespace (TORCH_LIBRARY); this module
+adds their fake (meta) implementations so ``torch.compile`` can trace through them, and returns
+thin Python wrappers with the dispatchers' signatures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.kernels.dispatch import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("kernels.cpp")
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-DNDEBUG"]
+_LDFLAGS = ["-fopenmp"]
+_FIX = (
+    "the C++ CPU kernels need a C++ compiler (apt-get install g++) and ninja "
+    "(pip install ninja); or call model.kernels.use('ref') to run the PyTorch reference"
+)
+
+_lock = threading.Lock()
+_ops: dict[str, Callable[..., Any]] | None = None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _extension_name() -> str:
+    digest = hashlib.sha256()
+    digest.update(_SOURCE.read_bytes())
+    digest.update(" ".join(_CFLAGS).encode())
+    digest.update(_cpu_flags().encode())
+    digest.update(torch.__version__.encode())
+    return f"model_kernels_cpu_{digest.hexdigest()[:12]}"
+
+
+def _compile() -> None:
+    if not _SOURCE.exists():
+        raise BackendUnavailable(f"missing kernel source {_SOURCE}")
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise BackendUnavailable(f"no C++ compiler ({compiler!r} not found): {_FIX}")
+    from torch.utils import cpp_extension
+
+    try:
+        cpp_extension.verify_ninja_availability()
+    except RuntimeError as exc:
+        raise BackendUnavailable(f"ninja is not installed: {_FIX}") from exc
+    try:
+        cpp_extension.load(
+            name=_extension_name(),
+            sources=[str(_SOURCE)],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=_LDFLAGS,
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as exc:  # compiler errors surface as RuntimeError/CalledProcessError
+        raise BackendUnavailable(f"compiling {_SOURCE.name} failed ({exc}); {_FIX}") from exc
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations so torch.compile / FakeTensor tracing can see through the ops."""
+    lib = "model_kernels::"
+
+    @torch.library.register_fake(lib + "selective_scan_fwd")
+    def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+        batch, channels, _ = u.shape
+        return torch.empty_like(u), u.new_empty((batch, channels, A.shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "causal_conv1d_fwd")
+    def _conv(x, weight, bias, initial_state, silu):
+        batch, channels, _ = x.shape
+        return torch.empty_like(x), x.new_empty((batch, channels, weight.shape[1] - 1))
+
+    @torch.library.register_fake(lib + "causal_conv1d_update")
+    def _conv_step(x, conv_state, weight, bias, silu):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(lib + "selective_state_update")
+    def _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(lib + "mamba_decode_step")
+    def _fused(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+               dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight, b_norm_weight,
+               c_norm_weight, norm_eps):
+        return torch.empty_like(x)
+
+
+def _silu_flag(activation: str | None) -> bool:
+    if activation in ("silu", "swish"):
+        return True
+    if activation is None:
+        return False
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def _wrappers() -> dict[str, Callable[..., Any]]:
+    ops = torch.ops.model_kernels
+
+    def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                       delta_softplus=False, initial_state=None):
+        return tuple(ops.selective_scan_fwd(
+            u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state
+        ))
+
+    def causal_conv1d(x, weight, bias=None, initial_state=None, activation="silu"):
+        return tuple(ops.causal_conv1d_fwd(x, weight, bias, initial_state, _silu_flag(activation)))
+
+    def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
+        return ops.causal_conv1d_update(x, conv_state, weight, bias, _silu_flag(activation))
+
+    def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                               dt_softplus=False):
+        return ops.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+
+    def mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                          dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight=None,
+                          b_norm_weight=None, c_norm_weight=None, norm_eps=1e-6):
+        return ops.mamba_decode_step(
+            x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+            dt_proj_bias, A, D, dt_norm_weight, b_norm_weight, c_norm_weight, float(norm_eps),
+        )
+
+    return {
+        "selective_scan": selective_scan,
+        "causal_conv1d": causal_conv1d,
+        "causal_conv1d_update": causal_conv1d_update,
+        "selective_state_update": selective_state_update,
+        "mamba_decode_step": mamba_decode_step,
+    }
+
+
+def load_ops() -> dict[str, Callable[..., Any]]:
+    """Compile (first use only) and return ``{op_name: fn}``; raises BackendUnavailable with the fix."""
+    global _ops
+    with _lock:
+        if _ops is None:
+            _compile()
+            _register_fakes()
+            _ops = _wrappers()
+            logger.info("C++ CPU kernels loaded")
+        return _ops
