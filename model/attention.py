@@ -1,0 +1,144 @@
+"""Grouped-query causal self-attention with optional RoPE, writing into a preallocated KV cache.
+
+Shape letters as in ``model/layers.py`` (B, L, T, H, Hkv, hd). Jamba's attention has no
+positional encoding at all; Llama-family models rotate q and k with RoPE (the Hugging Face
+"rotate_half" convention, so checkpoints need no permutation). The inputs that are the same for
+every attention layer of one forward call (RoPE cos/sin, the mask) are built once per call in
+``AttentionInputs`` rather than per layer.
+
+Decode does not re-materialise the cache: new k/v are written into their slots and
+``scaled_dot_product_attention`` reads the used slice ``[:, :, :start+L]`` of the buffer, with
+``enable_gqa`` so the Hkv heads are not repeated H/Hkv times in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.cache import KVState
+from model.config import ModelConfig
+
+
+@dataclass
+class AttentionInputs:
+    """Per-call inputs shared by all attention layers."""
+
+    start: int  # tokens already in the cache before this call (0 without a cache)
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin: (B, L, hd) in the model dtype
+    mask: torch.Tensor | None  # (B or 1, 1, L, T) bool, True = may attend; None with is_causal
+    is_causal: bool
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies (hd/2,) fp32, with "linear" or "llama3" scaling when configured."""
+    assert config.rope_theta is not None
+    dim = config.head_dim
+    inv_freq = 1.0 / (
+        config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    )
+    scaling: dict[str, Any] = config.rope_scaling or {}
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    elif kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(
+    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (B, L, hd) for integer positions (B, L), computed in fp32."""
+    freqs = positions[..., None].float() * inv_freq  # (B, L, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (B, L, hd)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, L, hd) by the tables (B, L, hd)."""
+    cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, hd)
+    return x * cos + _rotate_half(x) * sin
+
+
+def causal_mask(
+    start: int, length: int, key_real: torch.Tensor | None, window: int | None,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, bool]:
+    """The attention mask for ``length`` queries at slots start.. over T = start+length keys.
+
+    Returns ``(mask, is_causal)``; the mask is None whenever SDPA's own flags suffice (the common
+    unpadded prefill and decode), so those paths build nothing. ``key_real`` (B, T) marks real
+    tokens; a padded key is never attended. Every query may attend to itself, so a padded query
+    (whose earlier keys are all padding) gets a finite, ignored output instead of NaN that
+    would poison the Mamba layers after it.
+    """
+    total = start + length
+    if key_real is None and (window is None or window >= total):
+        if length == 1:
+            return None, False
+        if start == 0:
+            return None, True
+    q_pos = torch.arange(start, total, device=device)[:, None]  # (L, 1)
+    k_pos = torch.arange(total, device=device)[None, :]  # (1, T)
+    allowed = k_pos <= q_pos  # (L, T)
+    if window is not None:
+        allowed = allowed & (k_pos > q_pos - window)
+    mask = allowed[None, None]  # (1, 1, L, T)
+    if key_real is not None:
+        mask = (mask & key_real[:, None, None, :]) | (k_pos == q_pos)[None, None]  # (B, 1, L, T)
+    return mask, False
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = hd = config.head_dim
+        d = config.hidden_size
+        qkv_bias = config.attention_bias
+        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=config.attention_out_bias)
+
+    def forward(
+        self, x: torch.Tensor, inputs: AttentionInputs, kv: KVState | None
+    ) -> torch.Tensor:
+        b, length, _ = x.shape
+        hd = self.head_dim
+        q = self.q_proj(x).view(b, length, self.num_heads, hd).transpose(1, 2)  # (B, H, L, hd)
+        k = self.k_proj(x).view(b, length, self.num_kv_heads, hd).transpose(1, 2)  # (B, Hkv, L, hd)
+        v = self.v_proj(x).view(b, length, self.num_kv_heads, hd).transpose(1, 2)
+        if inputs.rope is not None:
+            cos, sin = inputs.rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv is not None:
+            end = inputs.start + length
+            kv.k[:, :, inputs.start : end] = k
+            kv.v[:, :, inputs.start : end] = v
+            k, v = kv.k[:, :, :end], kv.v[:, :, :end]  # (B, Hkv, T, hd) views, no copy
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # (B, H, L, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(b, length, self.num_heads * hd))

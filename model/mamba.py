@@ -1,0 +1,98 @@
+"""Jamba's Mamba mixer: Mamba-1 with RMSNorms on dt, B and C.
+
+Shape letters as in ``model/layers.py`` (B, L, D, ED, N, R, K). The math (Hugging Face
+``JambaMambaMixer`` is the numerical reference)::
+
+    x, z   = split(in_proj(h))                     (B, ED, L) each
+    u      = silu(causal_conv1d(x))                depthwise, width K, state = last K-1 inputs
+    dt,B,C = split(x_proj(u), [R, N, N]); RMSNorm each
+    delta  = dt_proj.weight @ dt                   bias added in fp32 inside the scan
+    y      = selective_scan(u, delta, A=-exp(A_log), B, C, D, z=z, softplus)
+    out    = out_proj(y)
+
+All recurrences go through the ``model.kernels`` dispatchers (reference or fast backend). With a
+cache, the conv and scan start from the cached states and leave their final states there, so
+one prefill, a chunked prefill and token-by-token decode give the same numbers. A one-token step
+uses the fused ``mamba_decode_step`` kernel (conv step .. scan step in one op).
+
+Left padding: the input is zeroed at padded positions before in_proj, before the conv and after
+it, so a pad contributes u = 0, hence B = C = 0 and dt·B·u = 0: the states stay exactly what
+they were (zero, since left padding precedes every real token).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model import kernels
+from model.cache import MambaState
+from model.config import ModelConfig
+from model.layers import RMSNorm
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d, ed = config.hidden_size, config.mamba_d_inner
+        self.d_state = n = config.mamba_d_state
+        self.dt_rank = r = config.mamba_dt_rank
+        self.eps = config.rms_norm_eps
+        self.in_proj = nn.Linear(d, 2 * ed, bias=config.mamba_proj_bias)
+        # Depthwise conv weight kept as (ED, K) (HF: Conv1d weight (ED, 1, K), squeezed at load).
+        self.conv_weight = nn.Parameter(torch.empty(ed, config.mamba_d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(ed)) if config.mamba_conv_bias else None
+        self.x_proj = nn.Linear(ed, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, ed, bias=True)
+        self.A_log = nn.Parameter(torch.empty(ed, n))
+        self.D = nn.Parameter(torch.empty(ed))
+        self.out_proj = nn.Linear(ed, d, bias=config.mamba_proj_bias)
+        self.dt_layernorm = RMSNorm(r, config.rms_norm_eps)
+        self.b_layernorm = RMSNorm(n, config.rms_norm_eps)
+        self.c_layernorm = RMSNorm(n, config.rms_norm_eps)
+
+    def forward(
+        self, h: torch.Tensor, pad: torch.Tensor | None, state: MambaState | None
+    ) -> torch.Tensor:
+        """h (B, L, D); pad (B, L) bool, True = real token, None = no padding in this call."""
+        length = h.shape[1]
+        keep = None if pad is None else pad[:, None, :].to(h.dtype)  # (B, 1, L)
+        if pad is not None:
+            h = h * pad[..., None].to(h.dtype)
+        xz = self.in_proj(h).transpose(1, 2)  # (B, 2ED, L)
+        x, z = xz.chunk(2, dim=1)  # (B, ED, L) each
+        A = -torch.exp(self.A_log.float())  # (ED, N)
+
+        if state is not None and length == 1 and pad is None:
+            y = kernels.mamba_decode_step(
+                x[..., 0], z[..., 0], state.conv, state.ssm, self.conv_weight, self.conv_bias,
+                self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D,
+                self.dt_layernorm.weight, self.b_layernorm.weight, self.c_layernorm.weight,
+                self.eps,
+            )  # (B, ED)
+            return self.out_proj(y[:, None, :])  # (B, 1, D)
+
+        if keep is not None:
+            x = x * keep
+        u, conv_final = kernels.causal_conv1d(
+            x, self.conv_weight, self.conv_bias,
+            initial_state=None if state is None else state.conv, activation="silu",
+        )  # (B, ED, L)
+        if keep is not None:
+            u = u * keep
+        dt, B, C = torch.split(
+            self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )  # (B, L, R), (B, L, N), (B, L, N)
+        dt = self.dt_layernorm(dt)
+        B = self.b_layernorm(B)
+        C = self.c_layernorm(C)
+        delta = self.dt_proj.weight @ dt.transpose(1, 2)  # (B, ED, L)
+        y, ssm_final = kernels.selective_scan(
+            u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            initial_state=None if state is None else state.ssm,
+        )  # (B, ED, L)
+        if state is not None:
+            state.conv.copy_(conv_final)
+            state.ssm.copy_(ssm_final)
+        return self.out_proj(y.transpose(1, 2).to(h.dtype))  # (B, L, D)

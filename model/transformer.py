@@ -1,0 +1,168 @@
+"""CausalLM: the decoder stack of every model family the engine runs (Jamba, Llama, Mistral, Qwen2).
+
+Each layer is pre-norm with two residuals::
+
+    h = h + mixer(mixer_norm(h))      mixer = Attention | MambaMixer   (LayerSpec.mixer)
+    h = h + ffn(ffn_norm(h))          ffn   = MLP | MoE                 (LayerSpec.ffn)
+
+then a final RMSNorm and the LM head (tied to the embedding when the config says so).
+
+Contract (others build on it):
+    model = CausalLM(config)
+    logits = model(input_ids, cache=None, pad_mask=None)   # (B, L) -> (B, L, V) fp32
+    cache = model.new_cache(batch_size, max_len)           # HybridCache on the model's device/dtype
+
+With a cache the call appends its L tokens after the ``cache.seq_len`` already there, so
+prefill, chunked prefill and decode are the same call. ``pad_mask`` (B, L), True = real token,
+supports LEFT-padded batches: pads are masked out of attention keys and zeroed out of the Mamba
+inputs, and RoPE positions count real tokens only; once a row has had a real token it must not
+receive padding again (right padding would decay the Mamba state). Too many tokens for the
+cache or the model's context raise ``ContextLengthError`` before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.attention import Attention, AttentionInputs, causal_mask, rope_cos_sin, rope_inv_freq
+from model.cache import HybridCache, KVState, MambaState
+from model.config import LayerSpec, ModelConfig
+from model.errors import ContextLengthError
+from model.layers import MLP, MoE, RMSNorm
+from model.mamba import MambaMixer
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        d = config.hidden_size
+        self.mixer_norm = RMSNorm(d, config.rms_norm_eps)
+        self.mixer: Attention | MambaMixer = (
+            Attention(config) if spec.mixer == "attention" else MambaMixer(config)
+        )
+        self.ffn_norm = RMSNorm(d, config.rms_norm_eps)
+        self.ffn: MLP | MoE = (
+            MoE(d, config.intermediate_size, config.num_experts, config.num_experts_per_tok)
+            if spec.ffn == "moe"
+            else MLP(d, config.intermediate_size, bias=config.mlp_bias)
+        )
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        attn: AttentionInputs,
+        pad: torch.Tensor | None,
+        state: MambaState | KVState | None,
+    ) -> torch.Tensor:
+        x = self.mixer_norm(h)
+        if isinstance(self.mixer, Attention):
+            assert state is None or isinstance(state, KVState)
+            h = h + self.mixer(x, attn, state)
+        else:
+            assert state is None or isinstance(state, MambaState)
+            h = h + self.mixer(x, pad, state)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class CausalLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, spec) for spec in config.layers)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self._inv_freq: torch.Tensor | None = None  # RoPE table, built lazily on the right device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def new_cache(self, batch_size: int, max_len: int) -> HybridCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        limit = self.config.max_position_embeddings
+        if max_len > limit:
+            raise ContextLengthError(max_len, limit, "the model's context window")
+        return HybridCache(self.config, batch_size, max_len, dtype=self.dtype, device=self.device)
+
+    def _positions(
+        self, b: int, length: int, start: int, pad: torch.Tensor | None,
+        cache: HybridCache | None,
+    ) -> torch.Tensor:
+        """RoPE positions (B, L): real tokens counted from 0 per row; pads get 0 (ignored)."""
+        if pad is None and (cache is None or not cache.has_padding):
+            return torch.arange(start, start + length, device=self.device).expand(b, length)
+        before = cache.num_real[:, None] if cache is not None else 0
+        real = torch.ones(b, length, dtype=torch.long, device=self.device) if pad is None else pad.long()
+        return (before + real.cumsum(dim=1) - 1).clamp(min=0)
+
+    def _check(self, input_ids: torch.Tensor, cache: HybridCache | None,
+               pad_mask: torch.Tensor | None) -> None:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(
+                f"input_ids must be an integer tensor (B, L), got {input_ids.dtype} {tuple(input_ids.shape)}"
+            )
+        b, length = input_ids.shape
+        if pad_mask is not None and (pad_mask.shape != input_ids.shape or pad_mask.dtype != torch.bool):
+            raise ValueError(
+                f"pad_mask must be a bool tensor shaped like input_ids {tuple(input_ids.shape)}, "
+                f"got {pad_mask.dtype} {tuple(pad_mask.shape)}"
+            )
+        start = 0 if cache is None else cache.seq_len
+        limit = self.config.max_position_embeddings
+        if start + length > limit:
+            raise ContextLengthError(start + length, limit, "the model's context window")
+        if cache is not None:
+            if cache.batch_size != b:
+                raise ValueError(f"cache has batch size {cache.batch_size}, input_ids {b}")
+            if start + length > cache.max_len:
+                raise ContextLengthError(start + length, cache.max_len, "the cache (max_len)")
+        if length and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        # Left padding only: within the call a pad never follows a real token, and a row
+        # that already holds real tokens gets no more pads.
+        if pad_mask is not None and (
+            bool((pad_mask[:, 1:] < pad_mask[:, :-1]).any())
+            or (cache is not None and bool(((cache.num_real > 0) & ~pad_mask.all(dim=1)).any()))
+        ):
+            raise ValueError("pad_mask must describe LEFT padding (pads before all real tokens)")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: HybridCache | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, L) -> logits (B, L, V) fp32; see the module docstring for the cache."""
+        self._check(input_ids, cache, pad_mask)
+        b, length = input_ids.shape
+        start = 0 if cache is None else cache.seq_len
+        pad = pad_mask if pad_mask is not None and not bool(pad_mask.all()) else None
+
+        rope = None
+        if self.config.rope_theta is not None:
+            if self._inv_freq is None or self._inv_freq.device != self.device:
+                self._inv_freq = rope_inv_freq(self.config).to(self.device)
+            rope = rope_cos_sin(self._inv_freq, self._positions(b, length, start, pad, cache), self.dtype)
+        if cache is not None:
+            cache._append_mask(pad, length)
+            key_real = cache.pad_mask[:, : start + length] if cache.has_padding else None
+        else:
+            key_real = pad
+        mask, is_causal = causal_mask(start, length, key_real, self.config.sliding_window, self.device)
+        attn = AttentionInputs(start=start, rope=rope, mask=mask, is_causal=is_causal)
+
+        h = self.embed_tokens(input_ids)  # (B, L, D)
+        for i, block in enumerate(self.layers):
+            h = block(h, attn, pad, None if cache is None else cache.layers[i])
+        if cache is not None:
+            cache.seq_len = start + length
+        return self.lm_head(self.norm(h)).float()  # (B, L, V)
