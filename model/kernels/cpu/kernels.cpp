@@ -1,0 +1,593 @@
+// CPU kernels for the Mamba mixer of the Jamba engine, registered as torch custom ops
+// (namespace model_kernels). The fp32 PyTorch references in model/kernels/*.py are the
+// specification; tests compare every op here against them.
+//
+// Glossary: Bt batch, ED channels (d_inner), N state size, L length, K conv width, R dt_rank.
+//
+// Design notes
+// - The state and all arithmetic are fp32; inputs may be fp32 or bf16 (converted on load).
+// - Vectorisation is left to the compiler (-O3 -march=native, `#pragma omp simd`) on loops
+//   written for it: the selective scan puts CB = 16 *channels* in the SIMD lanes (Jamba's B/C
+//   are shared by all channels, so each step needs only broadcasts, no horizontal sums), and
+//   the exp/log needed in the lanes are small polynomial functions the compiler can inline
+//   (libm's expf would not vectorise without -ffast-math, which we avoid).
+// - The scan is chunked over the sequence (TCHUNK steps): the per-chunk buffers of one channel
+//   block stay in L1 however long the input is. Work is split over (batch, channel block)
+//   with at::parallel_for (OpenMP), so torch.set_num_threads governs it.
+// - Inputs may be strided (e.g. the (Bt, L, ED) output of in_proj seen as (Bt, ED, L)): the
+//   gathers into the chunk buffers use strides, which costs ~1/N of the exp work.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t CB = 16;       // channels per SIMD block (one AVX-512 register of fp32)
+constexpr int64_t TCHUNK = 128;  // sequence steps per chunk of the scan
+
+// ---------------------------------------------------------------------------------------
+// Vectorisable math. exp: Cody-Waite range reduction x = n ln2 + r, degree-6 polynomial for
+// e^r on |r| <= ln2/2 (max rel. error ~1e-7), times 2^n built in the exponent bits.
+// ---------------------------------------------------------------------------------------
+inline __attribute__((always_inline)) float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// log(1 + y) for y in [0, 1], as 2 atanh(s) with s = y / (2 + y) in [0, 1/3]: no cancellation
+// for tiny y, and the odd series to s^17 is accurate to ~1e-9.
+inline __attribute__((always_inline)) float log1p_unit(float y) {
+  const float s = y / (2.0f + y);
+  const float s2 = s * s;
+  float q = 1.0f / 17.0f;
+  q = q * s2 + 1.0f / 15.0f;
+  q = q * s2 + 1.0f / 13.0f;
+  q = q * s2 + 1.0f / 11.0f;
+  q = q * s2 + 1.0f / 9.0f;
+  q = q * s2 + 1.0f / 7.0f;
+  q = q * s2 + 1.0f / 5.0f;
+  q = q * s2 + 1.0f / 3.0f;
+  q = q * s2 + 1.0f;
+  return 2.0f * s * q;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)); equals torch's thresholded softplus to fp32
+// rounding (for x > 20 the correction is below half an ulp of x).
+inline __attribute__((always_inline)) float softplus(float x) {
+  return std::max(x, 0.0f) + log1p_unit(fast_exp(-std::fabs(x)));
+}
+
+inline __attribute__((always_inline)) float silu(float x) { return x / (1.0f + fast_exp(-x)); }
+
+template <typename T>
+inline float ld(const T* p) {
+  return static_cast<float>(*p);
+}
+
+// Small per-channel parameters (A, D, biases, norm weights) as contiguous fp32; optional ones
+// become an empty tensor. Converting costs nothing when they already are fp32 and contiguous.
+Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+Tensor f32(const std::optional<Tensor>& t) { return t.has_value() ? f32(*t) : Tensor(); }
+const float* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "model_kernels: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16,
+              "model_kernels: ", name, " must be float32 or bfloat16, got ", t.scalar_type());
+}
+
+// A (Bt, ED, L) tensor seen through its strides.
+template <typename T>
+struct Seq3 {
+  const T* data;
+  int64_t sb, sd, st;
+  explicit Seq3(const Tensor& t)
+      : data(t.data_ptr<T>()), sb(t.stride(0)), sd(t.stride(1)), st(t.stride(2)) {}
+  const T* at(int64_t b, int64_t d, int64_t t) const { return data + b * sb + d * sd + t * st; }
+};
+
+// An output of shape (Bt, ED, L) in the same layout family as `like`: channel-last memory when
+// `like` is channel-contiguous (the in_proj output seen transposed), else standard contiguous.
+Tensor empty_seq_like(const Tensor& like, at::ScalarType dtype) {
+  const auto opts = like.options().dtype(dtype);
+  if (like.stride(1) == 1 && like.size(2) > 1) {
+    return at::empty({like.size(0), like.size(2), like.size(1)}, opts).transpose(1, 2);
+  }
+  return at::empty(like.sizes(), opts);
+}
+
+// ---------------------------------------------------------------------------------------
+// Selective scan (prefill).
+// ---------------------------------------------------------------------------------------
+template <typename T>
+void selective_scan_kernel(const Tensor& u, const Tensor& delta, const Tensor& A_t,
+                           const Tensor& Bt_t, const Tensor& Ct_t, const Tensor& D_t,
+                           const Tensor& z, const Tensor& bias_t, bool use_softplus,
+                           const Tensor& h0_t, Tensor& out, Tensor& hT) {
+  const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2);
+  const int64_t n_state = A_t.size(1);
+  const int64_t n_blocks = (channels + CB - 1) / CB;
+  const Seq3<T> U(u), DL(delta);
+  const bool has_z = z.defined();
+  const Seq3<T> Z(has_z ? z : u);
+  Seq3<T> O(out);
+  const float* A = A_t.data_ptr<float>();
+  const float* Bt = Bt_t.data_ptr<float>();  // (Bt, L, N): one row of N per step
+  const float* Ct = Ct_t.data_ptr<float>();
+  const float* Dp = ptr_or_null(D_t);
+  const float* bias = ptr_or_null(bias_t);
+  const float* h0 = ptr_or_null(h0_t);
+  float* hout = hT.data_ptr<float>();
+
+  at::parallel_for(0, batch * n_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> h(n_state * CB), a(n_state * CB);
+    std::vector<float> dt(TCHUNK * CB), du(TCHUNK * CB), uu(TCHUNK * CB), zz(TCHUNK * CB),
+        yy(TCHUNK * CB);
+    float blk_bias[CB], blk_D[CB];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_blocks, d0 = (task % n_blocks) * CB;
+      const int64_t nc = std::min(CB, channels - d0);
+      // Block parameters, transposed so lane c holds channel d0 + c; padded lanes get A = 0,
+      // dt = 0 and never reach memory.
+      for (int64_t n = 0; n < n_state; ++n)
+        for (int64_t c = 0; c < CB; ++c) {
+          a[n * CB + c] = c < nc ? A[(d0 + c) * n_state + n] : 0.0f;
+          h[n * CB + c] = (c < nc && h0) ? h0[(b * channels + d0 + c) * n_state + n] : 0.0f;
+        }
+      for (int64_t c = 0; c < CB; ++c) {
+        blk_bias[c] = (c < nc && bias) ? bias[d0 + c] : 0.0f;
+        blk_D[c] = (c < nc && Dp) ? Dp[d0 + c] : 0.0f;
+      }
+      for (int64_t t0 = 0; t0 < length; t0 += TCHUNK) {
+        const int64_t tc = std::min(TCHUNK, length - t0);
+        // Gather u, delta (and z) for the chunk into [t][c] buffers.
+        for (int64_t t = 0; t < tc; ++t)
+          for (int64_t c = 0; c < CB; ++c) {
+            const bool live = c < nc;
+            dt[t * CB + c] = live ? ld(DL.at(b, d0 + c, t0 + t)) : 0.0f;
+            uu[t * CB + c] = live ? ld(U.at(b, d0 + c, t0 + t)) : 0.0f;
+          }
+        for (int64_t t = 0; t < tc; ++t) {
+#pragma omp simd
+          for (int64_t c = 0; c < CB; ++c) {
+            float v = dt[t * CB + c] + blk_bias[c];
+            v = use_softplus ? softplus(v) : v;
+            dt[t * CB + c] = v;
+            du[t * CB + c] = v * uu[t * CB + c];
+          }
+        }
+        // The recurrence: per step and state index, one vector op over the 16 channels.
+        for (int64_t t = 0; t < tc; ++t) {
+          const float* Brow = Bt + (b * length + t0 + t) * n_state;
+          const float* Crow = Ct + (b * length + t0 + t) * n_state;
+          const float* dtr = dt.data() + t * CB;
+          const float* dur = du.data() + t * CB;
+          float acc[CB] = {0.0f};
+          for (int64_t n = 0; n < n_state; ++n) {
+            const float bn = Brow[n], cn = Crow[n];
+            float* hn = h.data() + n * CB;
+            const float* an = a.data() + n * CB;
+#pragma omp simd
+            for (int64_t c = 0; c < CB; ++c) {
+              const float hv = fast_exp(dtr[c] * an[c]) * hn[c] + dur[c] * bn;
+              hn[c] = hv;
+              acc[c] += hv * cn;
+            }
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < CB; ++c) yy[t * CB + c] = acc[c] + blk_D[c] * uu[t * CB + c];
+        }
+        if (has_z) {
+          for (int64_t t = 0; t < tc; ++t)
+            for (int64_t c = 0; c < CB; ++c)
+              zz[t * CB + c] = c < nc ? ld(Z.at(b, d0 + c, t0 + t)) : 0.0f;
+          const int64_t total = tc * CB;
+#pragma omp simd
+          for (int64_t i = 0; i < total; ++i) yy[i] *= silu(zz[i]);
+        }
+        for (int64_t t = 0; t < tc; ++t)
+          for (int64_t c = 0; c < nc; ++c)
+            *const_cast<T*>(O.at(b, d0 + c, t0 + t)) = static_cast<T>(yy[t * CB + c]);
+      }
+      for (int64_t c = 0; c < nc; ++c)
+        for (int64_t n = 0; n < n_state; ++n)
+          hout[(b * channels + d0 + c) * n_state + n] = h[n * CB + c];
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> selective_scan_fwd(
+    const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+    const std::optional<Tensor>& D, const std::optional<Tensor>& z,
+    const std::optional<Tensor>& delta_bias, bool delta_softplus,
+    const std::optional<Tensor>& initial_state) {
+  check_cpu(u, "u");
+  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes(), "selective_scan: u, delta must be (Bt, ED, L)");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1), "selective_scan: A must be (ED, N)");
+  const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2), n_state = A.size(1);
+  TORCH_CHECK(B.dim() == 3 && B.size(0) == batch && B.size(1) == n_state && B.size(2) == length,
+              "selective_scan: B must be (Bt, N, L)");
+  TORCH_CHECK(C.sizes() == B.sizes(), "selective_scan: C must be (Bt, N, L)");
+  const Tensor dl = delta.scalar_type() == u.scalar_type() ? delta : delta.to(u.scalar_type());
+  Tensor zz;
+  if (z.has_value()) {
+    TORCH_CHECK(z->sizes() == u.sizes(), "selective_scan: z must be (Bt, ED, L)");
+    zz = z->scalar_type() == u.scalar_type() ? *z : z->to(u.scalar_type());
+  }
+  Tensor h0;
+  if (initial_state.has_value()) {
+    TORCH_CHECK(initial_state->dim() == 3 && initial_state->size(0) == batch &&
+                    initial_state->size(1) == channels && initial_state->size(2) == n_state,
+                "selective_scan: initial_state must be (Bt, ED, N)");
+    h0 = f32(*initial_state);
+  }
+  // (Bt, N, L) -> (Bt, L, N) fp32: each step reads one contiguous row shared by all channels.
+  const Tensor Bt = B.transpose(1, 2).to(at::kFloat).contiguous();
+  const Tensor Ct = C.transpose(1, 2).to(at::kFloat).contiguous();
+  Tensor out = empty_seq_like(u, u.scalar_type());
+  Tensor hT = at::empty({batch, channels, n_state}, u.options().dtype(at::kFloat));
+  const Tensor Af = f32(A), Df = f32(D), bf = f32(delta_bias);
+  if (u.scalar_type() == at::kFloat) {
+    selective_scan_kernel<float>(u, dl, Af, Bt, Ct, Df, zz, bf, delta_softplus, h0, out, hT);
+  } else {
+    selective_scan_kernel<at::BFloat16>(u, dl, Af, Bt, Ct, Df, zz, bf, delta_softplus, h0, out, hT);
+  }
+  return {out, hT};
+}
+
+// ---------------------------------------------------------------------------------------
+// Causal depthwise conv1d (prefill) and its decode step.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+void causal_conv1d_kernel(const Tensor& x, const Tensor& w_t, const Tensor& bias_t,
+                          const Tensor& init, bool use_silu, Tensor& out, Tensor& final_state) {
+  const int64_t batch = x.size(0), channels = x.size(1), length = x.size(2);
+  const int64_t width = w_t.size(1), hist = width - 1;
+  const Seq3<T> X(x);
+  Seq3<T> O(out);
+  const bool has_init = init.defined();
+  const Seq3<T> I(has_init ? init : x);
+  const float* w = w_t.data_ptr<float>();
+  const float* bias = ptr_or_null(bias_t);
+  T* fs = final_state.data_ptr<T>();
+  at::parallel_for(0, batch * channels, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(hist + length), y(length);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / channels, d = row % channels;
+      for (int64_t k = 0; k < hist; ++k) buf[k] = has_init ? ld(I.at(b, d, k)) : 0.0f;
+      for (int64_t t = 0; t < length; ++t) buf[hist + t] = ld(X.at(b, d, t));
+      const float* wd = w + d * width;
+      const float b0 = bias ? bias[d] : 0.0f;
+#pragma omp simd
+      for (int64_t t = 0; t < length; ++t) y[t] = b0;
+      for (int64_t k = 0; k < width; ++k) {
+        const float wk = wd[k];
+        const float* src = buf.data() + k;
+#pragma omp simd
+        for (int64_t t = 0; t < length; ++t) y[t] += wk * src[t];
+      }
+      if (use_silu) {
+#pragma omp simd
+        for (int64_t t = 0; t < length; ++t) y[t] = silu(y[t]);
+      }
+      for (int64_t t = 0; t < length; ++t) *const_cast<T*>(O.at(b, d, t)) = static_cast<T>(y[t]);
+      for (int64_t k = 0; k < hist; ++k) fs[row * hist + k] = static_cast<T>(buf[length + k]);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> causal_conv1d_fwd(const Tensor& x, const Tensor& weight,
+                                             const std::optional<Tensor>& bias,
+                                             const std::optional<Tensor>& initial_state,
+                                             bool use_silu) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 3 && weight.dim() == 2 && weight.size(0) == x.size(1),
+              "causal_conv1d: x must be (Bt, ED, L) and weight (ED, K)");
+  const int64_t hist = weight.size(1) - 1;
+  Tensor init;
+  if (initial_state.has_value()) {
+    TORCH_CHECK(initial_state->dim() == 3 && initial_state->size(0) == x.size(0) &&
+                    initial_state->size(1) == x.size(1) && initial_state->size(2) == hist,
+                "causal_conv1d: initial_state must be (Bt, ED, K-1)");
+    init = initial_state->scalar_type() == x.scalar_type() ? *initial_state
+                                                           : initial_state->to(x.scalar_type());
+  }
+  Tensor out = empty_seq_like(x, x.scalar_type());
+  Tensor final_state = at::empty({x.size(0), x.size(1), hist}, x.options());
+  const Tensor wf = f32(weight), bf = f32(bias);
+  if (x.scalar_type() == at::kFloat) {
+    causal_conv1d_kernel<float>(x, wf, bf, init, use_silu, out, final_state);
+  } else {
+    causal_conv1d_kernel<at::BFloat16>(x, wf, bf, init, use_silu, out, final_state);
+  }
+  return {out, final_state};
+}
+
+// One conv step for one channel: shift the state left, append x, dot with the weight.
+// The state (size S >= K-1, contiguous) keeps the last S inputs; the conv reads the last K.
+template <typename T>
+inline float conv_step(T* state, int64_t size, float x, const float* w, int64_t width, float b) {
+  float acc = b;
+  const int64_t first = size + 1 - width;  // index in concat(state, x) of the first tap
+  for (int64_t k = 0; k < width - 1; ++k) acc += w[k] * ld(state + first + k);
+  acc += w[width - 1] * x;
+  for (int64_t k = 0; k + 1 < size; ++k) state[k] = state[k + 1];
+  state[size - 1] = static_cast<T>(x);
+  return acc;
+}
+
+Tensor causal_conv1d_update(const Tensor& x, Tensor& conv_state, const Tensor& weight,
+                            const std::optional<Tensor>& bias, bool use_silu) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 2 && conv_state.dim() == 3 && conv_state.size(0) == x.size(0) &&
+                  conv_state.size(1) == x.size(1) && weight.size(0) == x.size(1),
+              "causal_conv1d_update: x (Bt, ED), conv_state (Bt, ED, S), weight (ED, K)");
+  TORCH_CHECK(conv_state.size(2) >= weight.size(1) - 1, "conv_state must hold at least K-1 inputs");
+  TORCH_CHECK(conv_state.is_contiguous() && conv_state.scalar_type() == x.scalar_type(),
+              "causal_conv1d_update: conv_state must be contiguous with x's dtype");
+  const int64_t batch = x.size(0), channels = x.size(1), size = conv_state.size(2);
+  const int64_t width = weight.size(1);
+  const Tensor wf = f32(weight), bf = f32(bias);
+  const float* w = wf.data_ptr<float>();
+  const float* bp = ptr_or_null(bf);
+  Tensor out = at::empty({batch, channels}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "causal_conv1d_update", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* sp = conv_state.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const int64_t sxb = x.stride(0), sxd = x.stride(1);
+    at::parallel_for(0, batch * channels, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / channels, d = row % channels;
+        float y = conv_step(sp + row * size, size, ld(xp + b * sxb + d * sxd), w + d * width,
+                            width, bp ? bp[d] : 0.0f);
+        op[row] = static_cast<scalar_t>(use_silu ? silu(y) : y);
+      }
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Selective state update (one decode step): per channel, the N state entries in the lanes.
+// ---------------------------------------------------------------------------------------
+inline float ssm_step(float* h, const float* a, const float* B, const float* C, int64_t n_state,
+                      float dt, float x) {
+  const float dtx = dt * x;
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t n = 0; n < n_state; ++n) {
+    const float hv = fast_exp(dt * a[n]) * h[n] + dtx * B[n];
+    h[n] = hv;
+    acc += hv * C[n];
+  }
+  return acc;
+}
+
+Tensor selective_state_update(Tensor& state, const Tensor& x, const Tensor& dt, const Tensor& A,
+                              const Tensor& B, const Tensor& C, const std::optional<Tensor>& D,
+                              const std::optional<Tensor>& z, const std::optional<Tensor>& dt_bias,
+                              bool dt_softplus) {
+  check_cpu(x, "x");
+  TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous() && state.dim() == 3,
+              "selective_state_update: state must be a contiguous fp32 (Bt, ED, N) tensor");
+  const int64_t batch = x.size(0), channels = x.size(1), n_state = state.size(2);
+  TORCH_CHECK(x.dim() == 2 && dt.sizes() == x.sizes() && state.size(0) == batch &&
+                  state.size(1) == channels && A.size(0) == channels && A.size(1) == n_state,
+              "selective_state_update: x, dt (Bt, ED), state (Bt, ED, N), A (ED, N)");
+  const Tensor Af = f32(A), Bf = f32(B), Cf = f32(C), Df = f32(D), bf = f32(dt_bias);
+  const Tensor xf = f32(x), dtf = f32(dt), zf = f32(z);
+  const float *a = Af.data_ptr<float>(), *Bp = Bf.data_ptr<float>(), *Cp = Cf.data_ptr<float>();
+  const float *Dp = ptr_or_null(Df), *bp = ptr_or_null(bf), *zp = ptr_or_null(zf);
+  const float *xp = xf.data_ptr<float>(), *dp = dtf.data_ptr<float>();
+  float* h = state.data_ptr<float>();
+  Tensor out32 = at::empty({batch, channels}, x.options().dtype(at::kFloat));
+  float* op = out32.data_ptr<float>();
+  at::parallel_for(0, batch * channels, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / channels, d = row % channels;
+      float step = dp[row] + (bp ? bp[d] : 0.0f);
+      step = dt_softplus ? softplus(step) : step;
+      float y = ssm_step(h + row * n_state, a + d * n_state, Bp + b * n_state, Cp + b * n_state,
+                         n_state, step, xp[row]);
+      y += Dp ? Dp[d] * xp[row] : 0.0f;
+      op[row] = zp ? y * silu(zp[row]) : y;
+    }
+  });
+  return out32.to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused Jamba Mamba decode step: conv step + SiLU -> x_proj -> RMSNorms -> dt_proj + softplus
+// -> scan step + D skip -> gate, in three parallel phases (the x_proj and the norms need all
+// channels of the conv output; the scan step needs the normed dt, B, C).
+// ---------------------------------------------------------------------------------------
+template <typename T>
+void rms_norm_inplace(float* v, int64_t n, const T* w, float eps) {
+  if (w == nullptr) return;
+  float ss = 0.0f;
+  for (int64_t i = 0; i < n; ++i) ss += v[i] * v[i];
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) v[i] = ld(w + i) * (v[i] * inv);
+}
+
+template <typename T>
+const T* opt_ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+void mamba_decode_kernel(const Tensor& x, const Tensor& z, Tensor& conv_state, Tensor& ssm_state,
+                         const Tensor& conv_w, const Tensor& conv_b, const Tensor& xproj,
+                         const Tensor& dtproj, const Tensor& dtbias, const Tensor& A_t,
+                         const Tensor& D_t, const Tensor& dtn, const Tensor& bn, const Tensor& cn,
+                         float eps, Tensor& out) {
+  const int64_t batch = x.size(0), channels = x.size(1), n_state = A_t.size(1);
+  const int64_t rank = dtproj.size(1), n_proj = xproj.size(0), width = conv_w.size(1);
+  const int64_t size = conv_state.size(2);
+  const T* xp = x.data_ptr<T>();
+  const T* zp = opt_ptr<T>(z);
+  T* cs = conv_state.data_ptr<T>();
+  float* hs = ssm_state.data_ptr<float>();
+  const T *cw = conv_w.data_ptr<T>(), *cb = opt_ptr<T>(conv_b);
+  const T *W = xproj.data_ptr<T>(), *P = dtproj.data_ptr<T>(), *pb = opt_ptr<T>(dtbias);
+  const T *Dp = opt_ptr<T>(D_t), *dtw = opt_ptr<T>(dtn), *bw = opt_ptr<T>(bn), *cwn = opt_ptr<T>(cn);
+  const float* a = A_t.data_ptr<float>();
+  T* op = out.data_ptr<T>();
+  const int64_t sxb = x.stride(0), szb = z.defined() ? z.stride(0) : 0;
+
+  std::vector<float> u(batch * channels), proj(batch * n_proj);
+  // Phase 1: conv step + SiLU, per channel.
+  at::parallel_for(0, batch * channels, 512, [&](int64_t begin, int64_t end) {
+    float w[16];
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / channels, d = row % channels;
+      for (int64_t k = 0; k < width; ++k) w[k] = ld(cw + d * width + k);
+      const float y = conv_step(cs + row * size, size, ld(xp + b * sxb + d), w, width,
+                                cb ? ld(cb + d) : 0.0f);
+      u[row] = silu(y);
+    }
+  });
+  // Phase 2: x_proj, one weight row per output (streamed once for all batch rows).
+  at::parallel_for(0, n_proj, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const T* wr = W + j * channels;
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* ub = u.data() + b * channels;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < channels; ++d) acc += ld(wr + d) * ub[d];
+        proj[b * n_proj + j] = acc;
+      }
+    }
+  });
+  // Phase 3 (tiny, serial): RMSNorms on dt, B, C.
+  for (int64_t b = 0; b < batch; ++b) {
+    float* p = proj.data() + b * n_proj;
+    rms_norm_inplace(p, rank, dtw, eps);
+    rms_norm_inplace(p + rank, n_state, bw, eps);
+    rms_norm_inplace(p + rank + n_state, n_state, cwn, eps);
+  }
+  // Phase 4: dt_proj row + bias + softplus, scan step, D skip, gate, per channel.
+  at::parallel_for(0, channels, 128, [&](int64_t begin, int64_t end) {
+    for (int64_t d = begin; d < end; ++d) {
+      const T* pr = P + d * rank;
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* p = proj.data() + b * n_proj;
+        float step = pb ? ld(pb + d) : 0.0f;
+        for (int64_t r = 0; r < rank; ++r) step += ld(pr + r) * p[r];
+        step = softplus(step);
+        const int64_t row = b * channels + d;
+        const float ud = u[row];
+        float y = ssm_step(hs + row * n_state, a + d * n_state, p + rank, p + rank + n_state,
+                           n_state, step, ud);
+        y += Dp ? ld(Dp + d) * ud : 0.0f;
+        if (zp) y *= silu(ld(zp + b * szb + d));
+        op[row] = static_cast<T>(y);
+      }
+    }
+  });
+}
+
+Tensor mamba_decode_step(const Tensor& x, const std::optional<Tensor>& z, Tensor& conv_state,
+                         Tensor& ssm_state, const Tensor& conv_weight,
+                         const std::optional<Tensor>& conv_bias, const Tensor& x_proj_weight,
+                         const Tensor& dt_proj_weight, const std::optional<Tensor>& dt_proj_bias,
+                         const Tensor& A, const std::optional<Tensor>& D,
+                         const std::optional<Tensor>& dt_norm_weight,
+                         const std::optional<Tensor>& b_norm_weight,
+                         const std::optional<Tensor>& c_norm_weight, double norm_eps) {
+  check_cpu(x, "x");
+  const auto dtype = x.scalar_type();
+  const int64_t batch = x.size(0), channels = x.size(1);
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "mamba_decode_step: x must be (Bt, ED), unit stride");
+  TORCH_CHECK(conv_state.dim() == 3 && conv_state.is_contiguous() &&
+                  conv_state.scalar_type() == dtype && conv_state.size(0) == batch &&
+                  conv_state.size(1) == channels && conv_state.size(2) >= conv_weight.size(1) - 1,
+              "mamba_decode_step: conv_state must be contiguous (Bt, ED, >=K-1) in x's dtype");
+  TORCH_CHECK(ssm_state.dim() == 3 && ssm_state.is_contiguous() &&
+                  ssm_state.scalar_type() == at::kFloat && ssm_state.size(0) == batch &&
+                  ssm_state.size(1) == channels && ssm_state.size(2) == A.size(1),
+              "mamba_decode_step: ssm_state must be a contiguous fp32 (Bt, ED, N) tensor");
+  TORCH_CHECK(conv_weight.size(1) <= 16, "mamba_decode_step: conv width must be <= 16");
+  const int64_t rank = dt_proj_weight.size(1), n_state = A.size(1);
+  TORCH_CHECK(x_proj_weight.size(0) == rank + 2 * n_state && x_proj_weight.size(1) == channels &&
+                  dt_proj_weight.size(0) == channels,
+              "mamba_decode_step: x_proj_weight (R+2N, ED) and dt_proj_weight (ED, R) expected");
+  // Parameters in x's dtype and contiguous: a no-op for a model stored in its compute dtype.
+  auto same = [&](const Tensor& t) { return t.to(dtype).contiguous(); };
+  auto same_opt = [&](const std::optional<Tensor>& t) { return t.has_value() ? same(*t) : Tensor(); };
+  Tensor zz;
+  if (z.has_value()) {
+    TORCH_CHECK(z->sizes() == x.sizes(), "mamba_decode_step: z must be (Bt, ED)");
+    zz = z->stride(1) == 1 && z->scalar_type() == dtype ? *z : same(*z);
+  }
+  Tensor out = at::empty({batch, channels}, x.options());
+  const Tensor cw = same(conv_weight), cb = same_opt(conv_bias), xw = same(x_proj_weight);
+  const Tensor pw = same(dt_proj_weight), pb = same_opt(dt_proj_bias), Af = f32(A);
+  const Tensor Dd = same_opt(D), dn = same_opt(dt_norm_weight), bn = same_opt(b_norm_weight),
+               cn = same_opt(c_norm_weight);
+  const float eps = static_cast<float>(norm_eps);
+  if (dtype == at::kFloat) {
+    mamba_decode_kernel<float>(x, zz, conv_state, ssm_state, cw, cb, xw, pw, pb, Af, Dd, dn, bn,
+                               cn, eps, out);
+  } else {
+    mamba_decode_kernel<at::BFloat16>(x, zz, conv_state, ssm_state, cw, cb, xw, pw, pb, Af, Dd,
+                                      dn, bn, cn, eps, out);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(model_kernels, m) {
+  m.def(
+      "selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+      "Tensor? z, Tensor? delta_bias, bool delta_softplus, Tensor? initial_state) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? initial_state, "
+      "bool silu) -> (Tensor, Tensor)");
+  m.def(
+      "causal_conv1d_update(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, "
+      "bool silu) -> Tensor");
+  m.def(
+      "selective_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, "
+      "Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor");
+  m.def(
+      "mamba_decode_step(Tensor x, Tensor? z, Tensor(a!) conv_state, Tensor(b!) ssm_state, "
+      "Tensor conv_weight, Tensor? conv_bias, Tensor x_proj_weight, Tensor dt_proj_weight, "
+      "Tensor? dt_proj_bias, Tensor A, Tensor? D, Tensor? dt_norm_weight, "
+      "Tensor? b_norm_weight, Tensor? c_norm_weight, float norm_eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
+  m.impl("selective_scan_fwd", &selective_scan_fwd);
+  m.impl("causal_conv1d_fwd", &causal_conv1d_fwd);
+  m.impl("causal_conv1d_update", &causal_conv1d_update);
+  m.impl("selective_state_update", &selective_state_update);
+  m.impl("mamba_decode_step", &mamba_decode_step);
+}

@@ -1,0 +1,266 @@
+"""The C++ CPU kernels against the fp32 references (always run; the first run compiles them).
+
+Tolerance (flash-attention's rule): with inputs in a lower precision, the fast op's error
+against the fp32 reference on the original fp32 inputs must be at most about twice the error of
+the reference itself run in that precision. In fp32, the two must agree to ~1e-5 relative.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import kernels
+from model.kernels import (
+    causal_conv1d_ref,
+    causal_conv1d_update_ref,
+    mamba_decode_step_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpp_backend():
+    try:
+        kernels.dispatch._registry["cpp"].load()
+    except kernels.BackendUnavailable as exc:  # pragma: no cover - machines without a compiler
+        pytest.skip(f"C++ kernels unavailable here: {exc}")
+    with kernels.use("cpp"):
+        yield
+
+
+def _report(name: str, fast: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    err = (fast.double() - ref.double()).abs()
+    mx, mean = err.max().item(), err.mean().item()
+    print(f"{name}: max err {mx:.3g}, mean err {mean:.3g}")
+    return mx, mean
+
+
+def _assert_fp32(name: str, fast: torch.Tensor, ref: torch.Tensor, tol: float = 2e-5) -> None:
+    mx, _ = _report(name, fast, ref)
+    scale = ref.abs().max().item() + 1.0
+    assert mx <= tol * scale, f"{name}: max error {mx} above {tol * scale}"
+
+
+def _assert_low_precision(name: str, fast: torch.Tensor, ref_low: torch.Tensor,
+                          ref32: torch.Tensor) -> None:
+    """fast and ref_low ran on the rounded inputs; ref32 on the fp32 originals."""
+    fast_err, _ = _report(f"{name} fast-vs-fp32", fast, ref32)
+    ref_err, _ = _report(f"{name} ref-lowp-vs-fp32", ref_low, ref32)
+    assert fast_err <= 2 * ref_err + 1e-6, f"{name}: {fast_err} > 2 x {ref_err}"
+
+
+def _scan_inputs(batch, channels, n_state, length, seed, with_state=True, with_z=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    return dict(
+        u=r(batch, channels, length),
+        delta=r(batch, channels, length, scale=0.5),
+        A=-torch.exp(r(channels, n_state, scale=0.5)),
+        B=r(batch, n_state, length),
+        C=r(batch, n_state, length),
+        D=r(channels),
+        z=r(batch, channels, length) if with_z else None,
+        delta_bias=r(channels, scale=0.1),
+        delta_softplus=True,
+        initial_state=r(batch, channels, n_state) if with_state else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("batch", "channels", "n_state", "length", "with_state", "with_z"),
+    [
+        (2, 40, 16, 300, True, True),  # channels not a multiple of 16, L not of the chunk
+        (1, 16, 8, 1, False, True),
+        (3, 5, 4, 129, True, False),
+    ],
+)
+def test_selective_scan_fp32(batch, channels, n_state, length, with_state, with_z):
+    inputs = _scan_inputs(batch, channels, n_state, length, 0, with_state, with_z)
+    y_ref, h_ref = selective_scan_ref(**inputs)
+    y, h = kernels.selective_scan(**inputs)
+    assert y.dtype == torch.float32 and h.dtype == torch.float32
+    _assert_fp32("scan y", y, y_ref)
+    _assert_fp32("scan state", h, h_ref)
+
+
+def test_selective_scan_without_softplus_and_bias():
+    inputs = _scan_inputs(2, 20, 16, 70, 5)
+    inputs.update(delta=inputs["delta"].abs(), delta_softplus=False, delta_bias=None, D=None)
+    y_ref, h_ref = selective_scan_ref(**inputs)
+    y, h = kernels.selective_scan(**inputs)
+    _assert_fp32("scan y (no softplus)", y, y_ref)
+    _assert_fp32("scan state (no softplus)", h, h_ref)
+
+
+def test_selective_scan_bf16():
+    inputs = _scan_inputs(2, 48, 16, 200, 1)
+    y32, h32 = selective_scan_ref(**inputs)
+    low = {k: (v.bfloat16() if k in ("u", "delta", "B", "C", "z") else v)
+           for k, v in inputs.items()}
+    y_low, h_low = selective_scan_ref(**low)
+    y, h = kernels.selective_scan(**low)
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    _assert_low_precision("scan bf16 y", y, y_low, y32)
+    _assert_low_precision("scan bf16 state", h, h_low, h32)
+
+
+def test_selective_scan_channel_last_strided_input():
+    """The in_proj output (Bt, L, 2ED) split and transposed: non-contiguous, channel stride 1."""
+    inputs = _scan_inputs(2, 24, 16, 50, 2)
+    xz = torch.randn(2, 50, 48)
+    u = xz[..., :24].transpose(1, 2)
+    z = xz[..., 24:].transpose(1, 2)
+    delta = torch.randn(2, 50, 24).transpose(1, 2)
+    inputs.update(u=u, z=z, delta=delta)
+    y_ref, h_ref = selective_scan_ref(**inputs)
+    y, h = kernels.selective_scan(**inputs)
+    _assert_fp32("scan strided y", y, y_ref)
+    _assert_fp32("scan strided state", h, h_ref)
+
+
+def test_selective_scan_chunks_chain_through_state():
+    inputs = _scan_inputs(1, 32, 16, 260, 3)
+    y_full, h_full = kernels.selective_scan(**inputs)
+    seq = ("u", "delta", "B", "C", "z")
+    first = {k: (v[..., :131] if k in seq else v) for k, v in inputs.items()}
+    y1, h1 = kernels.selective_scan(**first)
+    second = {k: (v[..., 131:] if k in seq else v) for k, v in inputs.items()}
+    second["initial_state"] = h1
+    y2, h2 = kernels.selective_scan(**second)
+    _assert_fp32("chained scan y", torch.cat([y1, y2], -1), y_full, tol=1e-6)
+    _assert_fp32("chained scan state", h2, h_full, tol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("length", "with_state", "activation"),
+                         [(37, True, "silu"), (2, True, None), (64, False, "silu")])
+def test_causal_conv1d(dtype, length, with_state, activation):
+    g = torch.Generator().manual_seed(4)
+    x32 = torch.randn(2, 20, length, generator=g)
+    w, b = torch.randn(20, 4, generator=g), torch.randn(20, generator=g)
+    init32 = torch.randn(2, 20, 3, generator=g) if with_state else None
+    y32, _ = causal_conv1d_ref(x32, w, b, init32, activation)
+    x = x32.to(dtype)
+    init = init32.to(dtype) if init32 is not None else None
+    y, final = kernels.causal_conv1d(x, w, b, init, activation)
+    assert y.dtype == dtype and final.dtype == dtype
+    y_low, f_low = causal_conv1d_ref(x, w, b, init, activation)
+    if dtype == torch.float32:
+        _assert_fp32("conv y", y, y32)
+    else:
+        _assert_low_precision("conv bf16 y", y, y_low, y32)
+    assert torch.equal(final, f_low)
+
+
+def test_causal_conv1d_update_and_hf_width_state():
+    g = torch.Generator().manual_seed(5)
+    for size in (3, 4):  # K-1 (ours) and K (Hugging Face's layout)
+        x = torch.randn(3, 33, generator=g)
+        w, b = torch.randn(33, 4, generator=g), torch.randn(33, generator=g)
+        state = torch.randn(3, 33, size, generator=g)
+        state_ref = state.clone()
+        y = kernels.causal_conv1d_update(x, state, w, b, "silu")
+        y_ref = causal_conv1d_update_ref(x, state_ref, w, b, "silu")
+        _assert_fp32(f"conv update (S={size})", y, y_ref)
+        assert torch.equal(state, state_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_state_update(dtype):
+    g = torch.Generator().manual_seed(6)
+    batch, channels, n_state = 2, 37, 16
+    x32, dt32, z32 = (torch.randn(batch, channels, generator=g) for _ in range(3))
+    A = -torch.exp(torch.randn(channels, n_state, generator=g))
+    B, C = torch.randn(batch, n_state, generator=g), torch.randn(batch, n_state, generator=g)
+    D, bias = torch.randn(channels, generator=g), torch.randn(channels, generator=g)
+    state0 = torch.randn(batch, channels, n_state, generator=g)
+    s_ref32 = state0.clone()
+    y32 = selective_state_update_ref(s_ref32, x32, dt32, A, B, C, D, z32, bias, True)
+    x, dt, z = (t.to(dtype) for t in (x32, dt32, z32))
+    s_low, s_fast = state0.clone(), state0.clone()
+    y_low = selective_state_update_ref(s_low, x, dt, A, B, C, D, z, bias, True)
+    y = kernels.selective_state_update(s_fast, x, dt, A, B, C, D, z, bias, True)
+    assert y.dtype == dtype
+    if dtype == torch.float32:
+        _assert_fp32("state update y", y, y32)
+        _assert_fp32("state update state", s_fast, s_ref32)
+    else:
+        _assert_low_precision("state update bf16 y", y, y_low, y32)
+        _assert_low_precision("state update bf16 state", s_fast, s_low, s_ref32)
+
+
+def _mixer_weights(channels, n_state, rank, width, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    return dict(
+        conv_weight=r(channels, width), conv_bias=r(channels),
+        x_proj_weight=r(rank + 2 * n_state, channels, scale=channels**-0.5),
+        dt_proj_weight=r(channels, rank, scale=rank**-0.5), dt_proj_bias=r(channels, scale=0.5),
+        A=-torch.exp(torch.randn(channels, n_state, generator=g)), D=r(channels),
+        dt_norm_weight=r(rank), b_norm_weight=r(n_state), c_norm_weight=r(n_state),
+    )
+
+
+@pytest.mark.parametrize("with_norms", [True, False])
+def test_mamba_decode_step_fp32(with_norms):
+    batch, channels, n_state, rank, width = 2, 72, 16, 6, 4
+    weights = _mixer_weights(channels, n_state, rank, width, 7)
+    if not with_norms:
+        weights.update(dt_norm_weight=None, b_norm_weight=None, c_norm_weight=None)
+    g = torch.Generator().manual_seed(8)
+    conv0 = torch.randn(batch, channels, width - 1, generator=g)
+    ssm0 = torch.randn(batch, channels, n_state, generator=g)
+    conv_f, ssm_f, conv_r, ssm_r = conv0.clone(), ssm0.clone(), conv0.clone(), ssm0.clone()
+    for step in range(3):  # several steps: the states carry over
+        x, z = torch.randn(batch, channels, generator=g), torch.randn(batch, channels, generator=g)
+        y = kernels.mamba_decode_step(x, z, conv_f, ssm_f, **weights)
+        y_ref = mamba_decode_step_ref(x, z, conv_r, ssm_r, **weights)
+        _assert_fp32(f"fused step {step} y", y, y_ref, tol=5e-5)
+    _assert_fp32("fused ssm state", ssm_f, ssm_r, tol=5e-5)
+    assert torch.equal(conv_f, conv_r)
+
+
+def test_mamba_decode_step_bf16():
+    batch, channels, n_state, rank, width = 2, 40, 16, 4, 4
+    w32 = _mixer_weights(channels, n_state, rank, width, 9)
+    w16 = {k: (v.bfloat16() if k != "A" and v is not None else v) for k, v in w32.items()}
+    g = torch.Generator().manual_seed(10)
+    x32, z32 = torch.randn(batch, channels, generator=g), torch.randn(batch, channels, generator=g)
+    conv0 = torch.randn(batch, channels, width - 1, generator=g)
+    ssm0 = torch.randn(batch, channels, n_state, generator=g)
+    y32 = mamba_decode_step_ref(x32, z32, conv0.clone(), ssm0.clone(), **w32)
+    x, z = x32.bfloat16(), z32.bfloat16()
+    y_low = mamba_decode_step_ref(x, z, conv0.bfloat16(), ssm0.clone(), **w16)
+    y = kernels.mamba_decode_step(x, z, conv0.bfloat16(), ssm0.clone(), **w16)
+    assert y.dtype == torch.bfloat16
+    _assert_low_precision("fused step bf16 y", y, y_low, y32)
+
+
+def test_ops_trace_under_torch_compile():
+    """The custom ops have fake implementations: torch.compile traces them in one graph."""
+    inputs = _scan_inputs(1, 16, 16, 9, 11)
+    seq_args = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+    def mixer(conv_state, u, delta, A, B, C, D, z, delta_bias, w):
+        xc, _ = kernels.causal_conv1d(u, w, None, None, "silu")
+        y, h = kernels.selective_scan(xc, delta, A, B, C, D, z, delta_bias, True, None)
+        step = kernels.causal_conv1d_update(u[..., 0], conv_state, w, None, "silu")
+        return y, h, step
+
+    w = torch.randn(16, 4)
+    args = [inputs[k] for k in seq_args]
+    eager = mixer(torch.zeros(1, 16, 3), *args, w)
+    compiled = torch.compile(mixer, backend="aot_eager", fullgraph=True)
+    state = torch.zeros(1, 16, 3)
+    traced = compiled(state, *args, w)
+    for a, b in zip(eager, traced, strict=True):
+        torch.testing.assert_close(a, b)
+    assert state.abs().sum() > 0  # the in-place state update survived functionalisation
