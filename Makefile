@@ -45,7 +45,6 @@ system-deps:
 		missing=""; \
 		command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
 		[ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libseccomp.so.2 ] || missing="$$missing libseccomp2"; \
-		python3 -c 'import seccomp' 2>/dev/null || [ ! -x /usr/bin/python3 ] || missing="$$missing python3-seccomp"; \
 		command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 		if [ -n "$$missing" ]; then \
