@@ -33,9 +33,14 @@ from collections.abc import Sequence
 
 
 def apply_rlimits(limits: dict[str, int]) -> None:
-    """Set soft == hard for each named limit (``{"AS": bytes, "CPU": seconds, ...}``)."""
+    """Set soft == hard for each named limit (``{"AS": bytes, "CPU": seconds, ...}``).
+
+    CPU is the exception: the hard limit is one second above the soft one, so the kernel
+    sends SIGXCPU (which the host reports by name) before its SIGKILL at the hard limit.
+    """
     for name, value in limits.items():
-        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, value))
+        hard = value + 1 if name == "CPU" else value
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, hard))
 
 
 # --- Landlock (raw syscalls; numbers are the same on every architecture) -------------------

@@ -10,10 +10,15 @@ depth and entry counts, and never follows a symlink — it only reports one.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 MAX_DEPTH = 16
 MAX_ENTRIES = 10_000
@@ -43,7 +48,7 @@ def split_relative(path: str) -> list[str]:
     return parts
 
 
-def _open_dir(root_fd: int, parts: list[str], *, create: bool = False, uid: int = -1) -> int:
+def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
     """Open the directory ``root/parts...`` without following symlinks at any level."""
     fd = os.dup(root_fd)
     try:
@@ -55,8 +60,6 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool = False, uid: int 
                     raise
                 os.mkdir(part, 0o755, dir_fd=fd)
                 next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                if uid >= 0:
-                    os.fchown(next_fd, uid, uid)
             except OSError as exc:
                 raise UnsafePathError(f"{part!r} is not a plain directory: {exc}") from exc
             os.close(fd)
@@ -94,10 +97,51 @@ def read_file(root_fd: int, path: str, max_bytes: int) -> bytes:
         os.close(fd)
 
 
+def _as_fsuid(uid: int, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a short-lived thread whose filesystem uid/gid is ``uid``.
+
+    The sandbox's tmpfs belongs to its user namespace, where only the sandbox uid is mapped:
+    host root creating a file there gets EOVERFLOW. Linux keeps fsuid per thread (glibc does
+    not broadcast ``setfsuid``), so a throwaway thread can create files as the sandbox user
+    without touching the credentials of the rest of the process.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.setfsgid(uid)
+        libc.setfsuid(uid)
+        if libc.setfsuid(-1) != uid:  # setfsuid reports the previous value; this checks it
+            failure.append(PermissionError(f"could not switch to filesystem uid {uid}"))
+            return
+        try:
+            outcome.append(fn())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name="sandbox-fsuid")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def write_file(root_fd: int, path: str, data: bytes, *, uid: int = -1) -> None:
-    """Create or replace a regular file below ``root_fd`` (never through a symlink)."""
+    """Create or replace a regular file below ``root_fd`` (never through a symlink).
+
+    ``uid`` >= 0 (host running as root) creates it as that user, see :func:`_as_fsuid`.
+    """
+    if uid >= 0 and os.geteuid() == 0:
+        _as_fsuid(uid, lambda: _write_file(root_fd, path, data))
+    else:
+        _write_file(root_fd, path, data)
+
+
+def _write_file(root_fd: int, path: str, data: bytes) -> None:
     *dirs, name = split_relative(path)
-    dir_fd = _open_dir(root_fd, dirs, create=True, uid=uid)
+    dir_fd = _open_dir(root_fd, dirs, create=True)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
@@ -109,8 +153,6 @@ def write_file(root_fd: int, path: str, data: bytes, *, uid: int = -1) -> None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnsafePathError(f"{path!r} is not a regular file")
-        if uid >= 0:
-            os.fchown(fd, uid, uid)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

@@ -350,9 +350,24 @@ class PythonSandbox:
         return result
 
     def _death_reason(self, exc: BaseException) -> str:
-        code = self._proc.poll() if self._proc is not None else None
-        if code is not None and code < 0:
-            return f"killed by {signal.Signals(-code).name}, e.g. the CPU-time limit"
+        """Name the signal that ended the worker; bwrap exits with 128 + signal number."""
+        code = None
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+        signum = -code if code is not None and code < 0 else (
+            code - 128 if code is not None and 128 < code < 128 + 65 else None)
+        if signum is not None:
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = f"signal {signum}"
+            hint = {"SIGXCPU": "the session's CPU-time limit was spent",
+                    "SIGSYS": "a forbidden system call", "SIGSEGV": "a crash",
+                    "SIGKILL": "killed"}.get(name, "")
+            return f"killed by {name}" + (f": {hint}" if hint else "")
         return str(exc) or type(exc).__name__
 
     # -- work dir ---------------------------------------------------------------------------
