@@ -1,0 +1,228 @@
+"""Mamba-1 selective scan for prefill, in Triton: parallel over (batch, channel blocks), chunked
+over the sequence, fp32 state, with an initial state in and the final state out.
+
+Glossary: Bt batch, ED channels (d_inner), N state size (d_state), L sequence length.
+
+Same contract as :func:`model.kernels.selective_scan_ref` (read that docstring for the math).
+
+How it works. One program owns a block of BLOCK_D channels of one batch row and keeps their
+state h (BLOCK_D, N) in fp32 registers. It walks the sequence in chunks of BLOCK_L steps; for a
+chunk it builds the (BLOCK_D, N, BLOCK_L) tiles
+
+    a_t = exp(dt_t * A)        b_t = dt_t * u_t * B_t
+
+and runs ``tl.associative_scan`` along the chunk with the operator of a first-order linear
+recurrence, (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2). Step t of the result is (P_t, S_t) with
+h_t = P_t h_start + S_t, so the chunk's states come out in O(log BLOCK_L) parallel depth and the
+carried state is the last column. y_t = sum_n h_t C_t is reduced over N in registers; D skip and
+the SiLU gate are fused in the epilogue. Padding steps past L get dt = 0 (a = 1, b = 0), so they
+leave h unchanged and the last column is always the state at step L-1.
+
+Memory: every input is read once and y written once; tiles are loaded along L (the contiguous
+axis in the usual (Bt, ED, L) layout), so loads coalesce. Arbitrary strides are accepted, so
+``x, z = xz.chunk(2, dim=1)`` views need no copy. mamba-ssm's CUDA kernel instead gives each
+thread a run of consecutive steps and does a block-wide scan across threads; that needs shared
+memory choreography Triton does not expose, and this tiling is the Triton-native equivalent.
+
+STATUS: verified for correctness ONLY under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
+(tests/model/test_kernels_triton.py). Neither correctness at real sizes on a GPU nor speed was
+measured in the session that wrote it (no GPU was available); the block sizes below are
+educated defaults to be tuned with ``python -m model.kernels.bench_triton`` on a real GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+@triton.jit
+def _linear_recurrence_combine(a1, b1, a2, b2):
+    # h -> a1 h + b1 followed by h -> a2 h + b2 is h -> (a1 a2) h + (a2 b1 + b2).
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # The threshold rule of F.softplus and mamba-ssm (x > 20 -> x); fp32 in, fp32 out.
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def _selective_scan_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    channels, n_state, length,
+    s_u_b, s_u_d, s_u_l,
+    s_dt_b, s_dt_d, s_dt_l,
+    s_A_d, s_A_n,
+    s_B_b, s_B_n, s_B_l,
+    s_C_b, s_C_n, s_C_l,
+    s_D,
+    s_z_b, s_z_d, s_z_l,
+    s_bias,
+    s_h0_b, s_h0_d, s_h0_n,
+    s_y_b, s_y_d, s_y_l,
+    s_hT_b, s_hT_d, s_hT_n,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)  # int64 so batch offsets of long sequences do not wrap
+
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < channels
+    mask_n = offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    # Padded channels / states get A = 0 (decay 1) and B = C = 0: they stay 0 and are not stored.
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    # exp(x) = exp2(x log2 e): scale A once so the hot loop is a bare exp2.
+    A = A.to(tl.float32) * 1.4426950408889634  # (BLOCK_D, BLOCK_N)
+    if HAS_H0:
+        h = tl.load(
+            h0_ptr + pid_b * s_h0_b + offs_d[:, None] * s_h0_d + offs_n[None, :] * s_h0_n,
+            mask=mask_dn, other=0.0,
+        ).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d * s_D, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * s_bias, mask=mask_d, other=0.0).to(tl.float32)
+
+    u_row = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d  # (BLOCK_D, 1) pointers
+    dt_row = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    z_row = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
+    y_row = y_ptr + pid_b * s_y_b + offs_d[:, None] * s_y_d
+    B_row = B_ptr + pid_b * s_B_b + offs_n[:, None] * s_B_n  # (BLOCK_N, 1)
+    C_row = C_ptr + pid_b * s_C_b + offs_n[:, None] * s_C_n
+    is_last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
+
+    for start in range(0, length, BLOCK_L):
+        offs_l = start + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < length
+        mask_dl = mask_d[:, None] & mask_l[None, :]
+        mask_nl = mask_n[:, None] & mask_l[None, :]
+
+        u = tl.load(u_row + offs_l[None, :] * s_u_l, mask=mask_dl, other=0.0).to(tl.float32)
+        dt = tl.load(dt_row + offs_l[None, :] * s_dt_l, mask=mask_dl, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mask_dl, dt, 0.0)  # padding steps: a = 1, b = 0
+        Bc = tl.load(B_row + offs_l[None, :] * s_B_l, mask=mask_nl, other=0.0).to(tl.float32)
+        Cc = tl.load(C_row + offs_l[None, :] * s_C_l, mask=mask_nl, other=0.0).to(tl.float32)
+
+        a = tl.exp2(dt[:, None, :] * A[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
+        b = (dt * u)[:, None, :] * Bc[None, :, :]
+        prod, acc = tl.associative_scan((a, b), axis=2, combine_fn=_linear_recurrence_combine)
+        hs = prod * h[:, :, None] + acc  # h_t for every step of the chunk
+        y = tl.sum(hs * Cc[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
+        h = tl.sum(tl.where(is_last, hs, 0.0), axis=2)  # state after the chunk's last step
+
+        if HAS_D:
+            y += D[:, None] * u
+        if HAS_Z:
+            z = tl.load(z_row + offs_l[None, :] * s_z_l, mask=mask_dl, other=0.0).to(tl.float32)
+            y *= z * tl.sigmoid(z)
+        tl.store(y_row + offs_l[None, :] * s_y_l, y, mask=mask_dl)  # cast to y's dtype
+
+    tl.store(
+        hT_ptr + pid_b * s_hT_b + offs_d[:, None] * s_hT_d + offs_n[None, :] * s_hT_n,
+        h, mask=mask_dn,
+    )
+
+
+def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
+    return tuple(t.stride()) if t is not None else (0,) * ndim
+
+
+def default_scan_blocks(channels: int, n_state: int, length: int) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_L, num_warps) heuristics, untuned: a (BLOCK_D, N, BLOCK_L) fp32 tile of
+    about 2-4K elements per tensor keeps the scan in registers for N = 16 with 4 warps."""
+    block_n = triton.next_power_of_2(max(n_state, 1))
+    block_l = min(64, max(16, triton.next_power_of_2(length)))
+    block_d = max(1, min(triton.next_power_of_2(channels), 4096 // (block_n * block_l)))
+    return block_d, block_l, 4
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    *,
+    block_d: int | None = None,
+    block_l: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan in Triton; same contract as :func:`model.kernels.selective_scan_ref`.
+
+    Shapes: u, delta, z (Bt, ED, L); A (ED, N); B, C (Bt, N, L); D, delta_bias (ED,);
+    initial_state (Bt, ED, N). Returns ``(y, final_state)``: y (Bt, ED, L) in ``u.dtype``,
+    final_state (Bt, ED, N) fp32. Inputs may be fp32, bf16 or fp16 and non-contiguous; all
+    arithmetic is fp32. ``block_d``/``block_l``/``num_warps`` override the launch heuristics
+    (for the benchmark's sweep).
+    """
+    batch, channels, length = u.shape
+    n_state = A.shape[1]
+    assert delta.shape == u.shape, f"delta {tuple(delta.shape)} != u {tuple(u.shape)}"
+    assert A.shape == (channels, n_state), f"A must be (ED, N), got {tuple(A.shape)}"
+    assert B.shape == (batch, n_state, length), f"B must be (Bt, N, L), got {tuple(B.shape)}"
+    assert C.shape == (batch, n_state, length), f"C must be (Bt, N, L), got {tuple(C.shape)}"
+    assert z is None or z.shape == u.shape, "z must have u's shape"
+    assert D is None or D.shape == (channels,), "D must be (ED,)"
+    assert delta_bias is None or delta_bias.shape == (channels,), "delta_bias must be (ED,)"
+    assert initial_state is None or initial_state.shape == (batch, channels, n_state), (
+        "initial_state must be (Bt, ED, N)"
+    )
+
+    y = torch.empty((batch, channels, length), dtype=u.dtype, device=u.device)
+    final_state = torch.empty((batch, channels, n_state), dtype=torch.float32, device=u.device)
+    if length == 0 or batch == 0 or channels == 0:
+        if initial_state is None:
+            final_state.zero_()
+        else:
+            final_state.copy_(initial_state)
+        return y, final_state
+
+    dflt_d, dflt_l, dflt_w = default_scan_blocks(channels, n_state, length)
+    block_d = block_d or dflt_d
+    block_l = block_l or dflt_l
+    grid = (triton.cdiv(channels, block_d), batch)
+    _selective_scan_kernel[grid](
+        u, delta, A, B, C,
+        D if D is not None else u,
+        z if z is not None else u,
+        delta_bias if delta_bias is not None else u,
+        initial_state if initial_state is not None else u,
+        y, final_state,
+        channels, n_state, length,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
+        *_strides(D, 1), *_strides(z, 3), *_strides(delta_bias, 1),
+        *_strides(initial_state, 3), *y.stride(), *final_state.stride(),
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        HAS_H0=initial_state is not None,
+        SOFTPLUS=bool(delta_softplus),
+        BLOCK_D=block_d,
+        BLOCK_N=triton.next_power_of_2(n_state),
+        BLOCK_L=block_l,
+        num_warps=num_warps or dflt_w,
+    )
+    return y, final_state
