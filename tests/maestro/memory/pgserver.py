@@ -1,0 +1,83 @@
+"""A throwaway PostgreSQL server for the storage tests (and ``maestro bench memory``'s test).
+
+``initdb`` refuses to run as root, so as root the cluster is created and run as the
+``postgres`` system user, in a temporary directory that user owns; as any other user it runs
+as that user. The server listens only on a Unix socket inside the temp dir, with durability
+off (fsync, synchronous_commit, full_page_writes): these tests exercise SQL semantics and
+concurrency, not crash safety of PostgreSQL itself.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+CANDIDATE_BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15, 14, 13)]
+
+
+def find_bin_dir() -> Path | None:
+    env = os.environ.get("MAESTRO_PG_BIN")
+    dirs = [Path(env)] if env else CANDIDATE_BIN_DIRS
+    for d in dirs:
+        if (d / "initdb").exists() and (d / "pg_ctl").exists():
+            return d
+    return None
+
+
+class PgServer:
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.dir = Path(tempfile.mkdtemp(prefix="maestro-pg-"))
+        self.data = self.dir / "data"
+        self.port = 5432  # only names the socket file: no TCP listener
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run(
+            [*self._as_user, *args], capture_output=True, text=True, timeout=60, cwd=self.dir
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+
+    def start(self) -> None:
+        self._run(
+            str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+            "--no-sync", "-E", "UTF8",
+        )  # fmt: skip
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._run(
+            str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options,
+            "-l", str(self.dir / "server.log"), "-w", "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://postgres@/{dbname}?host={self.dir}&port={self.port}"
+
+    def create_database(self) -> str:
+        """A fresh empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(
+            host=str(self.dir), port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return self.url(name)
