@@ -1,0 +1,457 @@
+"""The Agent: plan → execute → draft → validate → fix, within a budget, every step visible.
+
+::
+
+    agent = Agent(model=OpenAIModel(...), tools=[calculator], requirements=[...], budget="medium")
+    result = await agent.run("What is 17% of 2,340?")
+    result.answer, result.report.summary(), result.usage, result.trace
+
+    async for event in agent.run_stream(task):   # the TUI, CLI and server consume this
+        ...
+
+    await agent.resume(run_id)                   # after a crash: finished steps are replayed
+
+One run, in order: the run is written to the store and ``RunStarted`` emitted; if the agent
+has tools, the model plans (a typed plan checked against the real tools); the plan's steps
+execute, independent ones concurrently; failed steps trigger a re-plan while the budget allows
+(``max_replans``); then the refiner drafts, scores and fixes the answer until the requirements
+pass or the budget is spent. Whatever happens — requirements met, a cap hit, a provider error,
+cancellation — the run ends with ``RunFinished`` and a finish reason, the store row is closed,
+and ``run`` returns a :class:`RunResult` with the best answer so far (cancellation re-raises
+after recording). Control-flow exceptions never escape; model errors end the run with status
+``failed`` and are reported, not lost in a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pydantic
+
+from maestro import tracing
+from maestro.budget import Budget, BudgetTracker
+from maestro.errors import BudgetExceeded, ModelError, UnexpectedModelBehavior, UserError
+from maestro.events import Event, PlanMade, RunFinished, RunStarted, TextDelta
+from maestro.llm.base import Model
+from maestro.loop.context import RunContext, TraceStep
+from maestro.loop.execute import ApprovalCallback, PlanExecutor, StepOutcome
+from maestro.loop.plan import Plan, make_plan
+from maestro.loop.refine import Refiner
+from maestro.messages import Usage
+from maestro.requirements import Requirement, RequirementsReport
+from maestro.runs import InMemoryRunStore, RunRecord, RunStatus, RunStore, StepRecord
+from maestro.tool import Tool
+
+_CONTEXT_EXCERPT = 4000
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Everything a run produced. ``output`` is the typed value when ``output_type`` was set."""
+
+    run_id: str
+    answer: str
+    output: Any
+    report: RequirementsReport
+    usage: Usage
+    finish_reason: str
+    status: str = "completed"
+    trace: list[TraceStep] = field(default_factory=list)
+    data_sources: list[dict[str, Any]] = field(default_factory=list)
+    plan: dict[str, Any] | None = None
+    tool_calls: int = 0
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "answer": self.answer,
+            "output": pydantic.TypeAdapter(Any).dump_python(self.output, mode="json"),
+            "report": self.report.to_dict(),
+            "usage": self.usage.to_dict(),
+            "finish_reason": self.finish_reason,
+            "status": self.status,
+            "trace": [t.to_dict() for t in self.trace],
+            "data_sources": self.data_sources,
+            "plan": self.plan,
+            "tool_calls": self.tool_calls,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class _RunState:
+    """What a run has so far; survives a budget stop so the result can be partial."""
+
+    plan: Plan | None = None
+    outcomes: dict[str, StepOutcome] = field(default_factory=dict)
+    refiner: Refiner | None = None
+
+
+def _describe_outcomes(outcomes: Iterable[StepOutcome]) -> str:
+    lines = []
+    for o in outcomes:
+        if o.status == "succeeded":
+            lines.append(f"[{o.step_id}] {o.tool}({o.args}) -> {o.text[:_CONTEXT_EXCERPT]}")
+        elif o.status in ("failed", "denied"):
+            lines.append(f"[{o.step_id}] {o.tool}({o.args}) {o.status.upper()}: {o.error}")
+    return "Tool results:\n" + "\n".join(lines) if lines else ""
+
+
+def _data_sources(outcomes: Iterable[StepOutcome]) -> list[dict[str, Any]]:
+    sources: list[dict[str, Any]] = []
+    for o in outcomes:
+        if o.status != "succeeded":
+            continue
+        sources.append({"step": o.step_id, "tool": o.tool, "args": o.args, "excerpt": o.text[:500]})
+        if isinstance(o.value, dict) and isinstance(o.value.get("sources"), list):
+            sources.extend(s for s in o.value["sources"] if isinstance(s, dict))
+    return sources
+
+
+class Agent:
+    """A configured agent; cheap to build, safe to run many times (each run is independent)."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        tools: Sequence[Tool] = (),
+        instructions: str = "",
+        requirements: Sequence[Requirement] = (),
+        budget: Budget | str | None = None,
+        store: RunStore | None = None,
+        approval: ApprovalCallback | None = None,
+        output_type: Any = None,
+        name: str = "agent",
+    ) -> None:
+        if not isinstance(model, Model):
+            raise UserError(f"Agent(model=...) needs a maestro Model, got {type(model).__name__}")
+        self.model = model
+        self.tools: dict[str, Tool] = {}
+        for t in tools:
+            if not isinstance(t, Tool):
+                raise UserError(f"{t!r} is not a Tool; decorate the function with @tool")
+            if t.name in self.tools:
+                raise UserError(f"two tools are named {t.name!r}; tool names must be unique")
+            self.tools[t.name] = t
+        self.instructions = instructions
+        self.requirements = list(requirements)
+        self.budget = Budget.coerce(budget)
+        self.store: RunStore = store if store is not None else InMemoryRunStore()
+        self.approval = approval
+        self.output_type = output_type
+        self._output_adapter = None if output_type is None else pydantic.TypeAdapter(output_type)
+        self.name = name
+
+    # --- public entry points -----------------------------------------------------------------
+
+    async def run(
+        self,
+        task: str,
+        *,
+        requirements: Sequence[Requirement] | None = None,
+        budget: Budget | str | None = None,
+        run_id: str | None = None,
+        user_id: str | None = None,
+    ) -> RunResult:
+        """Run one task to the end and return its result (see the module docstring)."""
+        return await self._start(task, requirements, budget, run_id, user_id, _discard)
+
+    def run_sync(self, task: str, **kwargs: Any) -> RunResult:
+        """``run`` for code without an event loop (scripts, notebooks without await)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(task, **kwargs))
+        raise UserError("run_sync was called inside a running event loop; use `await agent.run`")
+
+    async def run_stream(
+        self,
+        task: str,
+        *,
+        requirements: Sequence[Requirement] | None = None,
+        budget: Budget | str | None = None,
+        run_id: str | None = None,
+        user_id: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """The run's events as they happen, ending with ``RunFinished``. Leaving the loop early
+        (``break``, or cancelling the consumer) cancels the run."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        async def sink(event: Event) -> None:
+            queue.put_nowait(event)
+
+        async def produce() -> RunResult:
+            try:
+                return await self._start(task, requirements, budget, run_id, user_id, sink)
+            finally:
+                queue.put_nowait(None)
+
+        runner = asyncio.create_task(produce())
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            await runner
+        finally:
+            if not runner.done():
+                runner.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(runner, return_exceptions=True)
+
+    async def resume(
+        self, run_id: str, *, requirements: Sequence[Requirement] | None = None
+    ) -> RunResult:
+        """Continue a run from its store: finished steps are replayed, not executed again.
+
+        Python checks of run-level requirements cannot be stored; pass ``requirements`` again
+        to keep them (otherwise those requirements are judged by the model).
+        """
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise UserError(f"no run {run_id!r} in {type(self.store).__name__}")
+        steps = await self.store.get_steps(run_id)
+        finished = {s.key: s for s in steps if s.finished}
+        payload = record.payload
+        reqs = (
+            list(requirements)
+            if requirements is not None
+            else [Requirement.from_dict(r) for r in payload.get("requirements", [])]
+        )
+        budget = Budget.from_dict(payload["budget"]) if "budget" in payload else self.budget
+        return await self._execute(
+            task=record.task,
+            run_requirements=reqs,
+            budget=budget,
+            run_id=run_id,
+            user_id=record.user_id,
+            sink=_discard,
+            finished=finished,
+        )
+
+    # --- the run -------------------------------------------------------------------------------
+
+    async def _start(
+        self,
+        task: str,
+        requirements: Sequence[Requirement] | None,
+        budget: Budget | str | None,
+        run_id: str | None,
+        user_id: str | None,
+        sink: Any,
+    ) -> RunResult:
+        if not task.strip():
+            raise UserError("the task is empty")
+        run_budget = self.budget if budget is None else Budget.coerce(budget)
+        new_id = run_id or f"run_{uuid.uuid4().hex[:16]}"
+        reqs = list(requirements or [])
+        payload = {
+            "budget": run_budget.to_dict(),
+            "requirements": [r.to_dict() for r in reqs],
+            "output_type": getattr(self.output_type, "__name__", None),
+        }
+        await self.store.create_run(
+            RunRecord(id=new_id, task=task, agent_name=self.name, user_id=user_id, payload=payload)
+        )
+        return await self._execute(
+            task=task,
+            run_requirements=reqs,
+            budget=run_budget,
+            run_id=new_id,
+            user_id=user_id,
+            sink=sink,
+            finished=None,
+        )
+
+    async def _execute(
+        self,
+        *,
+        task: str,
+        run_requirements: list[Requirement],
+        budget: Budget,
+        run_id: str,
+        user_id: str | None,
+        sink: Any,
+        finished: dict[str, StepRecord] | None,
+    ) -> RunResult:
+        store = self.store
+
+        async def emit(event: Event) -> None:
+            if not isinstance(event, TextDelta):
+                await store.append_event(run_id, event.to_dict())
+            await sink(event)
+
+        names = {r.name for r in run_requirements}
+        requirements = [r for r in self.requirements if r.name not in names] + run_requirements
+        tracker = BudgetTracker(budget)
+        ctx = RunContext(
+            run_id=run_id,
+            agent_name=self.name,
+            model=self.model,
+            store=store,
+            tracker=tracker,
+            sink=emit,
+            finished_steps=finished or {},
+        )
+        state = _RunState()
+        status: RunStatus = "completed"
+        error: str | None = None
+        await emit(
+            RunStarted(run_id=run_id, task=task, agent_name=self.name, resumed=finished is not None)
+        )
+        attributes = {
+            tracing.OPERATION: "invoke_agent",
+            tracing.AGENT_NAME: self.name,
+            tracing.REQUEST_MODEL: self.model.model_name,
+            tracing.CONVERSATION_ID: run_id,
+        }
+        with tracing.span(f"invoke_agent {self.name}", attributes) as span:
+            try:
+                remaining = tracker.remaining_seconds()
+                with anyio.move_on_after(math.inf if remaining is None else remaining) as scope:
+                    finish_reason = await self._body(ctx, state, task, requirements, budget)
+                if scope.cancelled_caught:
+                    finish_reason = "max_wall_time"
+            except BudgetExceeded as exc:
+                finish_reason = exc.reason
+            except ModelError as exc:
+                status, finish_reason, error = "failed", "model_error", str(exc)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    result = self._result(
+                        ctx, state, requirements, budget, "cancelled", "cancelled"
+                    )
+                    await store.finish_run(run_id, "cancelled", result.to_dict())
+                    await emit(
+                        RunFinished(
+                            run_id=run_id,
+                            result=result.to_dict(),
+                            finish_reason="cancelled",
+                            status="cancelled",
+                        )
+                    )
+                raise
+            span.set_attribute(tracing.INPUT_TOKENS, tracker.usage.input_tokens)
+            span.set_attribute(tracing.OUTPUT_TOKENS, tracker.usage.output_tokens)
+        result = self._result(ctx, state, requirements, budget, finish_reason, status)
+        result.error = error
+        summary = result.to_dict()
+        await store.finish_run(run_id, status, summary)
+        await emit(
+            RunFinished(run_id=run_id, result=summary, finish_reason=finish_reason, status=status)
+        )
+        return result
+
+    async def _body(
+        self,
+        ctx: RunContext,
+        state: _RunState,
+        task: str,
+        requirements: list[Requirement],
+        budget: Budget,
+    ) -> str:
+        if self.tools and budget.max_plan_steps > 0:
+            await self._plan_and_execute(ctx, state, task, budget)
+        refiner = Refiner(
+            ctx,
+            task=task,
+            instructions=self.instructions,
+            context=_describe_outcomes(state.outcomes.values()),
+            requirements=requirements,
+            budget=budget,
+            output_adapter=self._output_adapter,
+        )
+        state.refiner = refiner
+        await refiner.run()
+        return refiner.finish_reason
+
+    async def _plan_and_execute(
+        self, ctx: RunContext, state: _RunState, task: str, budget: Budget
+    ) -> None:
+        context = ""
+        for attempt in range(budget.max_replans + 1):
+            key = "plan" if attempt == 0 else f"plan:r{attempt}"
+            try:
+                plan = await make_plan(
+                    ctx,
+                    task=task,
+                    tools=self.tools,
+                    max_steps=budget.max_plan_steps,
+                    instructions=self.instructions,
+                    key=key,
+                    context=context,
+                )
+            except UnexpectedModelBehavior as exc:
+                # No usable plan: answer without tools rather than fail the run; the trace
+                # shows why.
+                ctx.trace.append(TraceStep(key, "plan", "failed", 0.0, 0.0, str(exc)))
+                return
+            if attempt == 0:
+                state.plan = plan
+            await ctx.emit(PlanMade(run_id=ctx.run_id, plan=plan.model_dump(), attempt=attempt))
+            if not plan.steps:
+                return
+            prefix = "" if attempt == 0 else f"r{attempt}."
+            executor = PlanExecutor(
+                ctx, self.tools, task=task, approval=self.approval, key_prefix=prefix
+            )
+            try:
+                outcomes = await executor.run(plan)
+            finally:
+                state.outcomes.update({f"{prefix}{k}": v for k, v in executor.outcomes.items()})
+            failed = [o for o in outcomes.values() if o.status == "failed"]
+            if not failed:
+                return
+            context = (
+                "An earlier plan was partly executed. Plan only what is still missing; do not "
+                "repeat steps that succeeded, and avoid the failures.\n"
+                + _describe_outcomes(state.outcomes.values())
+            )
+
+    def _result(
+        self,
+        ctx: RunContext,
+        state: _RunState,
+        requirements: list[Requirement],
+        budget: Budget,
+        finish_reason: str,
+        status: str,
+    ) -> RunResult:
+        refiner = state.refiner
+        best = refiner.best if refiner else None
+        report = refiner.report if refiner else RequirementsReport(requirements)
+        report.target_score = budget.target_score
+        report.finish_reason = finish_reason
+        if best is not None:
+            report.score = best.score
+        return RunResult(
+            run_id=ctx.run_id,
+            answer=best.text if best else "",
+            output=best.output if best else None,
+            report=report,
+            usage=dataclasses.replace(ctx.tracker.usage),
+            finish_reason=finish_reason,
+            status=status,
+            trace=list(ctx.trace),
+            data_sources=_data_sources(state.outcomes.values()),
+            plan=state.plan.model_dump() if state.plan else None,
+            tool_calls=ctx.tracker.tool_calls,
+        )
+
+
+async def _discard(event: Event) -> None:
+    return None
+
+
+__all__ = ["Agent", "RunResult"]

@@ -1,0 +1,159 @@
+"""Typed plans: the model routes each sub-task to an exact tool (MRKL) instead of guessing.
+
+The planner answers under the :class:`Plan` JSON schema (constrained decoding on the local
+engine, ``json_schema`` on remote ones). A plan is then checked against the tools the agent
+really has — unknown tools, duplicate ids, missing or cyclic dependencies, too many steps —
+and every problem goes back to the model for another try, so a routing mistake is caught
+before anything runs. A step may use an earlier step's result in its arguments by writing
+``"{{step_id}}"``; the reference is added to ``depends_on`` automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pydantic
+
+from maestro.errors import UnexpectedModelBehavior
+from maestro.loop.context import RunContext
+from maestro.messages import (
+    AssistantMessage,
+    Message,
+    ModelRequestOptions,
+    SystemMessage,
+    UserMessage,
+)
+from maestro.tool import Tool
+
+REFERENCE = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
+
+
+class PlanStep(pydantic.BaseModel):
+    """One tool call in a plan. ``tool=None`` is a note the answer covers without a tool."""
+
+    id: str = pydantic.Field(description="short unique id such as s1")
+    tool: str | None = pydantic.Field(description="exact name of one of the listed tools")
+    args: dict[str, Any] = pydantic.Field(default_factory=dict)
+    depends_on: list[str] = pydantic.Field(default_factory=list)
+    purpose: str = ""
+
+
+class Plan(pydantic.BaseModel):
+    rationale: str = ""
+    steps: list[PlanStep] = pydantic.Field(default_factory=list)
+
+
+PLAN_ADAPTER: pydantic.TypeAdapter[Plan] = pydantic.TypeAdapter(Plan)
+
+
+def references(value: Any) -> set[str]:
+    """Step ids referenced as ``{{id}}`` anywhere inside ``value``."""
+    if isinstance(value, str):
+        return set(REFERENCE.findall(value))
+    if isinstance(value, dict):
+        return set().union(*(references(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(references(v) for v in value)) if value else set()
+    return set()
+
+
+def check_plan(plan: Plan, tools: dict[str, Tool], max_steps: int) -> list[str]:
+    """Problems with a plan, in words the model can act on; empty when it is runnable."""
+    problems: list[str] = []
+    if len(plan.steps) > max_steps:
+        problems.append(f"the plan has {len(plan.steps)} steps; use at most {max_steps}")
+    ids = [s.id for s in plan.steps]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        problems.append(f"step ids must be unique; repeated: {duplicates}")
+    known = set(ids)
+    for step in plan.steps:
+        step.depends_on = sorted(set(step.depends_on) | references(step.args))
+        if step.tool is not None and step.tool not in tools:
+            problems.append(
+                f"step {step.id!r} uses unknown tool {step.tool!r}; "
+                f"available tools: {sorted(tools)}"
+            )
+        missing = [d for d in step.depends_on if d not in known]
+        if missing:
+            problems.append(f"step {step.id!r} depends on unknown step(s) {missing}")
+    if not problems and _has_cycle(plan):
+        problems.append("the steps' dependencies form a cycle")
+    return problems
+
+
+def _has_cycle(plan: Plan) -> bool:
+    graph = {s.id: s.depends_on for s in plan.steps}
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(node: str) -> bool:
+        if state.get(node) == 1:
+            return True
+        if state.get(node) == 2:
+            return False
+        state[node] = 1
+        if any(visit(d) for d in graph.get(node, [])):
+            return True
+        state[node] = 2
+        return False
+
+    return any(visit(n) for n in graph)
+
+
+def planner_prompt(tools: dict[str, Tool], max_steps: int, instructions: str) -> str:
+    listing = "\n".join(
+        f"- {t.name}: {t.description}\n  arguments schema: {json.dumps(t.parameters)}"
+        for t in tools.values()
+    )
+    extra = f"\n\nInstructions from the agent's author:\n{instructions}" if instructions else ""
+    return (
+        "You plan the tool calls needed to answer a task. Reply with only a JSON object: "
+        '{"rationale": "...", "steps": [{"id": "s1", "tool": "<tool name>", "args": {...}, '
+        '"depends_on": []}]}.\n'
+        "Rules:\n"
+        "- Use only the tools listed below, by their exact names, with arguments that match "
+        "their schemas.\n"
+        "- When a tool computes something exactly (arithmetic, database queries, unit "
+        "conversion, lookups), call it; never work such results out yourself.\n"
+        "- Steps without dependencies run in parallel. To use an earlier step's result, write "
+        '"{{step_id}}" inside the arguments and list that step in depends_on.\n'
+        f"- At most {max_steps} steps. If no tool is needed, return an empty steps list.\n\n"
+        f"Tools:\n{listing}{extra}"
+    )
+
+
+async def make_plan(
+    ctx: RunContext,
+    *,
+    task: str,
+    tools: dict[str, Tool],
+    max_steps: int,
+    instructions: str,
+    key: str,
+    context: str = "",
+    retries: int = 2,
+) -> Plan:
+    """Ask for a plan and check it; problems go back to the model, at most ``retries`` times."""
+    user = task if not context else f"{task}\n\n{context}"
+    messages: list[Message] = [
+        SystemMessage(planner_prompt(tools, max_steps, instructions)),
+        UserMessage(user),
+    ]
+    options = ModelRequestOptions(temperature=0.0)
+    problems: list[str] = []
+    for attempt in range(retries + 1):
+        attempt_key = key if attempt == 0 else f"{key}:fix{attempt}"
+        plan, response = await ctx.request_structured(
+            attempt_key, "plan", messages, options, PLAN_ADAPTER
+        )
+        problems = check_plan(plan, tools, max_steps)
+        if not problems:
+            return plan
+        messages = [
+            *messages,
+            AssistantMessage(response.text or plan.model_dump_json()),
+            UserMessage("The plan cannot run: " + "; ".join(problems) + ". Send a corrected plan."),
+        ]
+    raise UnexpectedModelBehavior("no runnable plan after retries: " + "; ".join(problems))
