@@ -166,6 +166,7 @@ def test_filling_the_disk_and_tmp_hits_the_caps(fresh_sandbox: PythonSandbox) ->
     # 4 MiB per file (EFBIG), then the 8 MiB work dir and 4 MiB /tmp fill up (ENOSPC).
     assert out.count("EFBIG") + out.count("ENOSPC") == 2, out
     (ws_err, ws_mib), (tmp_err, tmp_mib) = eval(out)  # our own printed tuples
+    assert {ws_err, tmp_err} <= {"EFBIG", "ENOSPC"}
     assert ws_mib <= 8 and tmp_mib <= 4
     assert fresh_sandbox.run("1 + 1").result == "2"
 
@@ -389,7 +390,7 @@ def test_many_open_files_hit_the_limit(shared_sandbox: PythonSandbox) -> None:
 
 def test_deep_recursion_does_not_take_the_host_down(fresh_sandbox: PythonSandbox) -> None:
     result = fresh_sandbox.run(
-        "import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return f(n + 1)\nf(0)", timeout=5
+        "import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return f(n + 1)\nf(0)", timeout=1
     )
-    assert result.status in ("error", "killed")
+    assert result.status in ("error", "timeout", "killed")
     assert fresh_sandbox.run("1").result == "1"
