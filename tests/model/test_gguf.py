@@ -1,0 +1,192 @@
+# ruff: noqa: F811  (pytest fixtures imported by name from _io_fixtures)
+"""GGUF loading: config and tensor translation, dequantisation, typed errors, parity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from model.errors import CheckpointError, UnsupportedArchitectureError
+from model.gguf import GGUFFile, hf_config_from_gguf, load_gguf
+from tests.model._io_fixtures import (  # noqa: F401 - fixtures used by name
+    smollm2,
+    smollm2_gguf,
+    tiny_llama,
+    tiny_llama_hf_weights,
+    write_tiny_llama_gguf,
+)
+
+
+def _hf_llama(config: dict, tensors: dict[str, np.ndarray]) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    ref = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    missing, unexpected = ref.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing)
+    return ref
+
+
+def test_tiny_llama_gguf_matches_transformers_on_original_weights(tiny_llama):
+    """The q/k rows are written permuted like llama.cpp's converter; we must undo that."""
+    path, config, tensors = tiny_llama
+    ours, _ = load_gguf(path)
+    ref = _hf_llama(config, tensors)
+    ids = torch.randint(0, config["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(ids), ref(ids).logits
+    err = (a - b).abs()
+    print(f"tiny llama GGUF vs transformers: max {err.max():.2e} mean {err.mean():.2e}")
+    assert err.max() <= 1e-4
+    q = ours.layers[0].mixer.q_proj.weight.detach().numpy()
+    np.testing.assert_array_equal(q, tensors["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_config_from_gguf_metadata(tiny_llama):
+    path, config, _ = tiny_llama
+    hf = hf_config_from_gguf(GGUFFile(path))
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "max_position_embeddings"):
+        assert hf[key] == config[key], key
+    assert hf["tie_word_embeddings"] is False and hf["rope_theta"] == config["rope_theta"]
+
+
+def _random_kquant_bytes(qtype: gguf.GGMLQuantizationType, rows: int, cols: int) -> np.ndarray:
+    """Valid random K-quant blocks (gguf-py cannot quantise these): random bytes with the
+    fp16 scale fields set to small finite values."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    scales = rng.uniform(0.001, 0.02, size=(rows, cols // block, 2)).astype(np.float16).view(np.uint8)
+    if qtype == gguf.GGMLQuantizationType.Q6_K:
+        data[..., size - 2 :] = scales[..., 0:2]  # d is the last field
+    else:
+        data[..., 0:4] = scales  # d, dmin are the first two fields
+    return data.reshape(rows, -1)
+
+
+QTYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("qname", QTYPES)
+def test_dequantisation_of_each_supported_type(tmp_path, qname):
+    qtype = gguf.GGMLQuantizationType[qname]
+    config, tensors = tiny_llama_hf_weights(seed=3, hidden=64, inter=256)
+    name = "blk.0.ffn_down.weight"  # HF (64, 256): rows of 256 fit every block size
+    original = tensors["model.layers.0.mlp.down_proj.weight"]
+    if qname.endswith("_K"):
+        raw = _random_kquant_bytes(qtype, *original.shape)
+        path = write_tiny_llama_gguf(tmp_path / "q.gguf", config, tensors, qtypes={name: qtype}, raw={name: raw})
+    else:
+        raw = gguf.quants.quantize(original, qtype)
+        path = write_tiny_llama_gguf(tmp_path / "q.gguf", config, tensors, qtypes={name: qtype})
+    gf = GGUFFile(path)
+    assert gf.tensor_type(name) == qname
+    expected = gguf.quants.dequantize(raw, qtype).reshape(original.shape).astype(np.float32)
+    model, _ = load_gguf(path)
+    loaded = model.layers[0].ffn.down_proj.weight.detach().numpy()
+    err = np.abs(loaded - expected)
+    print(f"{qname}: max {err.max():.2e} vs gguf.quants.dequantize")
+    np.testing.assert_array_equal(loaded, expected)
+    assert np.isfinite(loaded).all()
+    if not qname.endswith("_K"):  # and the values are the weights, within the type's precision
+        tolerance = {"F16": 1e-3, "BF16": 1e-2, "Q8_0": 0.01, "Q4_0": 0.1, "Q4_1": 0.1}[qname]
+        assert np.abs(loaded - original).max() <= tolerance * np.abs(original).max()
+
+
+def test_bf16_load_dtype(tiny_llama):
+    path, _, _ = tiny_llama
+    model, _ = load_gguf(path, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert model(torch.tensor([[5, 6, 7]])).dtype == torch.float32
+
+
+def test_corrupted_header_is_a_checkpoint_error(tmp_path, tiny_llama):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUX" + bytes(range(200)))
+    with pytest.raises(CheckpointError, match=r"bad\.gguf") as info:
+        load_gguf(bad)
+    assert info.value.file == str(bad)
+    good = tiny_llama[0].read_bytes()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(good[:100])
+    with pytest.raises(CheckpointError, match=r"truncated\.gguf"):
+        GGUFFile(truncated)
+    with pytest.raises(CheckpointError, match="no such GGUF file"):
+        GGUFFile(tmp_path / "absent.gguf")
+
+
+def test_unknown_architecture_lists_supported(tmp_path):
+    path = tmp_path / "rwkv.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedArchitectureError, match="rwkv6") as info:
+        load_gguf(path)
+    assert "jamba" in str(info.value) and "llama" in str(info.value)
+
+
+def test_missing_tensor_names_file_and_tensor(tmp_path):
+    config, tensors = tiny_llama_hf_weights()
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    path = write_tiny_llama_gguf(tmp_path / "holes.gguf", config, tensors)
+    with pytest.raises(CheckpointError) as info:
+        load_gguf(path)
+    assert info.value.file == str(path)
+    assert info.value.tensor == "model.layers.1.mlp.up_proj.weight"
+
+
+@pytest.mark.slow
+def test_smollm2_logits_and_greedy_match_transformers(smollm2, smollm2_gguf):
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(
+        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
+    text = ("The history of the Roman Empire spans many centuries, from the founding of the city "
+            "to the fall of Constantinople. Historians divide it into periods, each with its own "
+            "emperors, wars, reforms and cultural achievements that shaped Europe. Its roads, laws, "
+            "languages and buildings still influence the modern world in many surprising ways.")
+    ids = smollm2.tokenizer.encode(text)[:64]
+    assert len(ids) == 64
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        err = (smollm2.model(x) - ref(x).logits.float()).abs()
+    print(f"SmolLM2 Q4_1 logits vs transformers: max {err.max():.3e} mean {err.mean():.3e}")
+    assert err.max() <= 1e-3
+    ours = smollm2.generate(ids, max_new_tokens=32, stop_token_ids=[]).token_ids
+    theirs = ref.generate(x, max_new_tokens=32, do_sample=False, eos_token_id=None)[0, 64:].tolist()
+    assert ours == theirs
+
+
+@pytest.mark.slow
+def test_smollm2_fp32_load_peak_rss_under_twice_the_weights(smollm2_gguf):
+    """Measured in a fresh process: peak RSS growth during load vs final parameter bytes."""
+    script = f"""
+import json, resource, torch
+from model.gguf import load_gguf
+torch.ones(1)  # settle torch's own allocations before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+model, gf = load_gguf({str(smollm2_gguf)!r}, torch.float32)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+print(json.dumps({{"before": before, "peak": peak, "weights": weights}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    growth = stats["peak"] - stats["before"]
+    print(f"load peak RSS growth {growth / 2**20:.0f} MiB, weights {stats['weights'] / 2**20:.0f} MiB, "
+          f"ratio {growth / stats['weights']:.2f}")
+    assert growth < 2 * stats["weights"]
