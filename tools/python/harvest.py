@@ -48,7 +48,7 @@ def split_relative(path: str) -> list[str]:
     return parts
 
 
-def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
+def open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
     """Open the directory ``root/parts...`` without following symlinks at any level."""
     fd = os.dup(root_fd)
     try:
@@ -73,7 +73,7 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
 def read_file(root_fd: int, path: str, max_bytes: int) -> bytes:
     """Read a regular file below ``root_fd``; refuse symlinks, FIFOs, devices and big files."""
     *dirs, name = split_relative(path)
-    dir_fd = _open_dir(root_fd, dirs)
+    dir_fd = open_dir(root_fd, dirs)
     try:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
@@ -141,7 +141,7 @@ def write_file(root_fd: int, path: str, data: bytes, *, uid: int = -1) -> None:
 
 def _write_file(root_fd: int, path: str, data: bytes) -> None:
     *dirs, name = split_relative(path)
-    dir_fd = _open_dir(root_fd, dirs, create=True)
+    dir_fd = open_dir(root_fd, dirs, create=True)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
