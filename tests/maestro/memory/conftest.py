@@ -19,7 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 def pg_server() -> Iterator[PgServer]:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql, or set MAESTRO_PG_BIN)")
+        pytest.skip(
+            "PostgreSQL binaries not found (apt-get install postgresql, or set MAESTRO_PG_BIN)"
+        )
     server = PgServer(bin_dir)
     try:
         server.start()
