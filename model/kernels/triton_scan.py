@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+
 @triton.jit
 def _linear_recurrence_combine(a1, b1, a2, b2):
     # h -> a1 h + b1 followed by h -> a2 h + b2 is h -> (a1 a2) h + (a2 b1 + b2).

@@ -1,0 +1,146 @@
+"""The "triton" kernel backend: ``OPS`` maps op names to the Triton kernels, as torch custom ops.
+
+:mod:`model.kernels.dispatch` imports this module (and so Triton) only when the Triton backend is
+selected for a CUDA device; importing :mod:`model.kernels` never does. Ops missing here
+(``mamba_decode_step``) fall back to the reference per op.
+
+Each op is a ``torch.library.custom_op`` in the ``model_triton`` namespace with a fake (meta)
+implementation, so ``torch.compile`` traces the model through them as opaque calls; the state
+updates declare what they mutate. GPU correctness and speed were NOT measured in the session that
+wrote this (no GPU); see the module docstrings of ``triton_scan`` / ``triton_conv`` /
+``triton_state_update``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from model.kernels import triton_conv, triton_scan, triton_state_update
+
+_NS = "model_triton"
+
+
+@torch.library.custom_op(f"{_NS}::selective_scan", mutates_args=())
+def _selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    initial_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_scan.selective_scan(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
+    )
+
+
+@_selective_scan.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    batch, channels, _ = u.shape
+    state = u.new_empty((batch, channels, A.shape[1]), dtype=torch.float32)
+    return torch.empty_like(u, memory_format=torch.contiguous_format), state
+
+
+@torch.library.custom_op(f"{_NS}::selective_state_update", mutates_args=("state",))
+def _selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+) -> torch.Tensor:
+    return triton_state_update.selective_state_update(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus
+    )
+
+
+@_selective_state_update.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op(f"{_NS}::causal_conv1d", mutates_args=())
+def _causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    silu: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_conv.causal_conv1d(x, weight, bias, initial_state, "silu" if silu else None)
+
+
+@_causal_conv1d.register_fake
+def _(x, weight, bias, initial_state, silu):
+    batch, channels, _ = x.shape
+    state = x.new_empty((batch, channels, weight.shape[1] - 1))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), state
+
+
+@torch.library.custom_op(f"{_NS}::causal_conv1d_update", mutates_args=("conv_state",))
+def _causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    silu: bool,
+) -> torch.Tensor:
+    return triton_conv.causal_conv1d_update(x, conv_state, weight, bias, "silu" if silu else None)
+
+
+@_causal_conv1d_update.register_fake
+def _(x, conv_state, weight, bias, silu):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _silu_flag(activation: str | None) -> bool:
+    if activation in ("silu", "swish"):
+        return True
+    if activation is None:
+        return False
+    raise ValueError(f"activation must be one of (None, 'silu', 'swish'), got {activation!r}")
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None):
+    """Triton selective scan; contract of :func:`model.kernels.selective_scan_ref`."""
+    y, state = _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                               initial_state)
+    return y, state
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False):
+    """Triton decode step; contract of :func:`model.kernels.selective_state_update_ref`."""
+    return _selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+
+
+def causal_conv1d(x, weight, bias=None, initial_state=None, activation="silu"):
+    """Triton causal conv; contract of :func:`model.kernels.causal_conv1d_ref`."""
+    y, state = _causal_conv1d(x, weight, bias, initial_state, _silu_flag(activation))
+    return y, state
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
+    """Triton conv decode step; contract of :func:`model.kernels.causal_conv1d_update_ref`."""
+    return _causal_conv1d_update(x, conv_state, weight, bias, _silu_flag(activation))
+
+
+OPS: dict[str, Callable[..., Any]] = {
+    "causal_conv1d": causal_conv1d,
+    "causal_conv1d_update": causal_conv1d_update,
+    "selective_scan": selective_scan,
+    "selective_state_update": selective_state_update,
+}

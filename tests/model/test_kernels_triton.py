@@ -1,0 +1,419 @@
+"""Triton kernels against the fp32 references.
+
+Two kinds of test:
+
+- ``triton`` (always run): every kernel under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
+  (Bt <= 2, ED <= 16, N <= 8, L <= 40, K = 4, lengths that are not a multiple of the block),
+  fp32 / bf16 / fp16 inputs, strided views, chunked prefill == one prefill. The interpreter must
+  be switched on before Triton is imported, so all cases run in ONE subprocess per test session
+  (``python -m tests.model.test_kernels_triton``), which prints a JSON line of errors; each
+  pytest test then prints its case's max/mean error and asserts it. Nothing leaks into other
+  tests' processes.
+- ``gpu`` (skipped without CUDA): the same comparisons compiled for a real GPU at real sizes
+  (ED = 2048, N = 16, L = 2048; fp32 / bf16 / fp16).
+
+Tolerance (flash-attention's rule, see CONVENTIONS.md): the kernel's error against the fp32
+reference may be at most twice the error of the reference itself run on the low-precision
+inputs (its output rounded to the input dtype) plus a small fp32 allowance for reordered sums.
+One interpreter artefact: Triton 3.x's interpreter converts fp32 to bf16 by TRUNCATION
+(``create_fp_trunc`` in triton/runtime/interpreter.py passes no rounding mode), while a GPU
+rounds to nearest. Under the interpreter the bf16 "reference in low precision" is therefore the
+fp32 reference truncated to bf16, the rounding this platform does; the GPU tests keep the
+round-to-nearest reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from model.kernels import (
+    causal_conv1d_ref,
+    causal_conv1d_update_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and comparisons, shared by the interpreter cases and the GPU tests.
+
+
+def _gen(seed: int, device: str) -> Callable[..., torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * scale).to(device)
+
+    return r
+
+
+def _scan_args(batch, channels, n_state, length, dtype, device="cpu", seed=0, full=True,
+               strided=False) -> dict[str, Any]:
+    """Inputs for selective_scan. ``strided``: u and z are halves of one (Bt, 2ED, L) tensor and
+    B, C are transposed slices of one (Bt, L, R+2N) x_proj output, as in the Mamba mixer."""
+    r = _gen(seed, device)
+    if strided:
+        xz = r(batch, 2 * channels, length).to(dtype)
+        u, z = xz.chunk(2, dim=1)
+        x_dbl = r(batch, length, 3 + 2 * n_state).to(dtype)  # dt_rank 3
+        B = x_dbl[..., 3 : 3 + n_state].transpose(1, 2)
+        C = x_dbl[..., 3 + n_state :].transpose(1, 2)
+    else:
+        u, z = r(batch, channels, length).to(dtype), r(batch, channels, length).to(dtype)
+        B, C = r(batch, n_state, length).to(dtype), r(batch, n_state, length).to(dtype)
+    args = dict(
+        u=u, delta=r(batch, channels, length, scale=0.5).to(dtype),
+        A=-torch.exp(r(channels, n_state, scale=0.5)), B=B, C=C,
+    )
+    if not full:  # no softplus: keep dt > 0 (a valid step) so the state decays
+        args["delta"] = args["delta"].abs()
+    else:
+        args.update(
+            D=r(channels), z=z, delta_bias=r(channels, scale=0.1), delta_softplus=True,
+            initial_state=r(batch, channels, n_state),
+        )
+    return args
+
+
+def _upcast(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in args.items()}
+
+
+def _truncate_to_bf16(t: torch.Tensor) -> torch.Tensor:
+    bits = t.float().contiguous().view(torch.int32) & ~0xFFFF  # drop the low 16 mantissa bits
+    return bits.view(torch.float32)
+
+
+def _errors(got: torch.Tensor, ref32: torch.Tensor, ref_low: torch.Tensor | None,
+            rel: float = 2e-5) -> dict[str, float]:
+    """max/mean error of ``got`` against the fp32 reference and the allowed max error."""
+    if ref_low is not None and ref_low.dtype == torch.float32:
+        ref_low = None  # fp32 inputs: the reference IS the fp32 reference, it has no error
+    if INTERPRETED and ref_low is not None and ref_low.dtype == torch.bfloat16:
+        ref_low = _truncate_to_bf16(ref32)  # see the module docstring
+    diff = (got.float() - ref32).abs()
+    scale = float(ref32.abs().max()) if ref32.numel() else 0.0
+    ref_err = float((ref_low.float() - ref32).abs().max()) if ref_low is not None and ref32.numel() else 0.0
+    return {
+        "max": float(diff.max()) if diff.numel() else 0.0,
+        "mean": float(diff.mean()) if diff.numel() else 0.0,
+        "ref_err": ref_err,
+        "tol": 2.0 * ref_err + rel * (1.0 + scale),
+    }
+
+
+def check_scan(fn, batch, channels, n_state, length, dtype, device="cpu", **kw) -> dict[str, Any]:
+    args = _scan_args(batch, channels, n_state, length, dtype, device, **kw)
+    y, h = fn(**args)
+    y_low, _ = selective_scan_ref(**args)  # fp32 math on the low-precision inputs, y rounded
+    y32, h32 = selective_scan_ref(**_upcast(args))
+    assert y.dtype == args["u"].dtype and y.shape == y32.shape, (y.dtype, y.shape)
+    assert h.dtype == torch.float32 and h.shape == h32.shape, (h.dtype, h.shape)
+    return {"y": _errors(y, y32, y_low), "final_state": _errors(h, h32, None)}
+
+
+def check_scan_chunked(fn, batch, channels, n_state, length, split, dtype, device="cpu"):
+    """A prefill in two calls (the second starting from the first's final state) == one call."""
+    args = _scan_args(batch, channels, n_state, length, dtype, device, seed=1)
+    seq = ("u", "delta", "B", "C", "z")
+    first = {k: (v[..., :split] if k in seq else v) for k, v in args.items()}
+    second = {k: (v[..., split:] if k in seq else v) for k, v in args.items()}
+    y1, h1 = fn(**first)
+    y2, h2 = fn(**{**second, "initial_state": h1})
+    y_low, _ = selective_scan_ref(**args)
+    y32, h32 = selective_scan_ref(**_upcast(args))
+    return {"y": _errors(torch.cat([y1, y2], -1), y32, y_low), "final_state": _errors(h2, h32, None)}
+
+
+def _step_args(batch, channels, n_state, dtype, device="cpu", seed=0, cache_view=False):
+    r = _gen(seed, device)
+    # cache_view: one slot of a (Bt, 2, ED, N) buffer, a view with an offset and a batch stride
+    state = r(batch, 2, channels, n_state)[:, 1] if cache_view else r(batch, channels, n_state)
+    return dict(
+        state=state, x=r(batch, channels).to(dtype), dt=r(batch, channels, scale=0.5).to(dtype),
+        A=-torch.exp(r(channels, n_state, scale=0.5)), B=r(batch, n_state).to(dtype),
+        C=r(batch, n_state).to(dtype), D=r(channels), z=r(batch, channels).to(dtype),
+        dt_bias=r(channels, scale=0.1), dt_softplus=True,
+    )
+
+
+def check_state_update(fn, batch, channels, n_state, dtype, device="cpu", cache_view=False):
+    args = _step_args(batch, channels, n_state, dtype, device, cache_view=cache_view)
+    ref_low_args = {**args, "state": args["state"].clone()}
+    ref32_args = {**_upcast(args), "state": args["state"].clone()}
+    y = fn(**args)
+    y_low = selective_state_update_ref(**ref_low_args)
+    y32 = selective_state_update_ref(**ref32_args)
+    assert y.dtype == args["x"].dtype
+    return {"y": _errors(y, y32, y_low), "state": _errors(args["state"], ref32_args["state"], None)}
+
+
+def check_scan_equals_steps(scan_fn, step_fn, batch, channels, n_state, length, device="cpu"):
+    """The decode invariant at kernel level: L decode steps == one scan over L."""
+    args = _scan_args(batch, channels, n_state, length, torch.float32, device, seed=2)
+    y_scan, h_scan = scan_fn(**args)
+    state = args["initial_state"].clone()
+    ys = [
+        step_fn(state, args["u"][..., t], args["delta"][..., t], args["A"], args["B"][..., t],
+                args["C"][..., t], args["D"], args["z"][..., t], args["delta_bias"], True)
+        for t in range(length)
+    ]
+    return {"y": _errors(torch.stack(ys, -1), y_scan, None), "state": _errors(state, h_scan, None)}
+
+
+def _conv_args(batch, channels, length, width, dtype, device="cpu", seed=0, full=True,
+               strided=False):
+    r = _gen(seed, device)
+    x = r(batch, 2 * channels, length).to(dtype)[:, :channels] if strided else r(
+        batch, channels, length).to(dtype)
+    args = dict(x=x, weight=r(channels, width).to(dtype))
+    if full:
+        args.update(bias=r(channels).to(dtype), initial_state=r(batch, channels, width - 1).to(dtype),
+                    activation="silu")
+    else:
+        args.update(activation=None)
+    return args
+
+
+def check_conv(fn, batch, channels, length, width, dtype, device="cpu", **kw):
+    args = _conv_args(batch, channels, length, width, dtype, device, **kw)
+    y, s = fn(**args)
+    y_low, s_low = causal_conv1d_ref(**args)
+    y32, s32 = causal_conv1d_ref(**_upcast(args))
+    assert y.dtype == args["x"].dtype and s.dtype == args["x"].dtype
+    assert s.shape == s32.shape, (s.shape, s32.shape)
+    return {"y": _errors(y, y32, y_low), "final_state": _errors(s, s32, s_low)}
+
+
+def check_conv_chunked(fn, step_fn, batch, channels, length, split, width, device="cpu"):
+    """conv(x[:split]) then conv(x[split:], its state) then 3 update steps == one conv."""
+    args = _conv_args(batch, channels, length + 3, width, torch.float32, device, seed=1)
+    x = args.pop("x")
+    y1, s1 = fn(x[..., :split], **args)
+    y2, s2 = fn(x[..., split:length], **{**args, "initial_state": s1})
+    ys = [y1, y2]
+    state = s2.clone()
+    for t in range(length, length + 3):
+        ys.append(step_fn(x[..., t], state, args["weight"], args["bias"], "silu")[..., None])
+    y32, s32 = causal_conv1d_ref(x, **args)
+    return {"y": _errors(torch.cat(ys, -1), y32, None), "state": _errors(state, s32, None)}
+
+
+def check_conv_update(fn, batch, channels, width, state_len, dtype, device="cpu"):
+    r = _gen(3, device)
+    x, w, b = r(batch, channels).to(dtype), r(channels, width).to(dtype), r(channels).to(dtype)
+    state = r(batch, channels, state_len).to(dtype)
+    low, s32 = state.clone(), state.float().clone()
+    y = fn(x, state, w, b, "silu")
+    y_low = causal_conv1d_update_ref(x, low, w, b, "silu")
+    y32 = causal_conv1d_update_ref(x.float(), s32, w.float(), b.float(), "silu")
+    return {"y": _errors(y, y32, y_low), "state": _errors(state, s32, None)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The interpreter cases: name -> what to run, given the Triton module functions.
+
+
+def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    c: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+    for name, dtype in DTYPES.items():
+        c[f"scan_full_{name}"] = lambda t, d=dtype: check_scan(
+            lambda **a: t["scan"](**a, block_d=4, block_l=16), 2, 16, 8, 40, d)
+    c["scan_default_blocks_odd_sizes"] = lambda t: check_scan(
+        t["scan"], 2, 10, 5, 37, torch.float32, full=False)
+    c["scan_strided_views_bf16"] = lambda t: check_scan(
+        lambda **a: t["scan"](**a, block_d=8, block_l=16), 1, 12, 8, 33, torch.bfloat16,
+        strided=True)
+    c["scan_empty_sequence"] = lambda t: check_scan(t["scan"], 2, 4, 8, 0, torch.float32)
+    c["scan_chunked_equals_one_call"] = lambda t: check_scan_chunked(
+        lambda **a: t["scan"](**a, block_d=8, block_l=16), 2, 16, 8, 40, 23, torch.float32)
+    c["scan_equals_decode_steps"] = lambda t: check_scan_equals_steps(
+        lambda **a: t["scan"](**a, block_d=8, block_l=16), t["step"], 1, 16, 8, 6)
+    for name, dtype in DTYPES.items():
+        c[f"state_update_{name}"] = lambda t, d=dtype: check_state_update(
+            lambda **a: t["step"](**a, block_d=4), 2, 16, 8, d)
+    c["state_update_cache_view"] = lambda t: check_state_update(
+        t["step"], 2, 13, 6, torch.float32, cache_view=True)
+    for name, dtype in DTYPES.items():
+        c[f"conv_full_{name}"] = lambda t, d=dtype: check_conv(
+            lambda **a: t["conv"](**a, block_d=4, block_l=16), 2, 16, 40, 4, d)
+    c["conv_no_state_no_bias_strided"] = lambda t: check_conv(
+        t["conv"], 2, 10, 37, 4, torch.float32, full=False, strided=True)
+    c["conv_shorter_than_state"] = lambda t: check_conv(t["conv"], 2, 6, 2, 4, torch.float32)
+    c["conv_empty_sequence"] = lambda t: check_conv(t["conv"], 1, 6, 0, 4, torch.bfloat16)
+    c["conv_chunked_then_steps"] = lambda t: check_conv_chunked(
+        lambda *a, **k: t["conv"](*a, **k, block_d=8, block_l=16), t["conv_step"], 2, 16, 30, 13, 4)
+    for name, dtype in DTYPES.items():
+        c[f"conv_update_{name}"] = lambda t, d=dtype: check_conv_update(t["conv_step"], 2, 16, 4, 3, d)
+    c["conv_update_hf_state_len_k"] = lambda t: check_conv_update(
+        t["conv_step"], 2, 10, 4, 4, torch.float32)
+    # Through the registered custom ops, as the dispatcher calls them.
+    c["backend_ops_scan"] = lambda t: check_scan(t["ops"]["selective_scan"], 1, 8, 4, 19,
+                                                 torch.bfloat16)
+    c["backend_ops_state_update"] = lambda t: check_state_update(
+        t["ops"]["selective_state_update"], 1, 8, 4, torch.float32)
+    c["backend_ops_conv"] = lambda t: check_conv(t["ops"]["causal_conv1d"], 1, 8, 19, 4,
+                                                 torch.float32)
+    c["backend_ops_conv_update"] = lambda t: check_conv_update(
+        t["ops"]["causal_conv1d_update"], 1, 8, 4, 3, torch.float32)
+    return c
+
+
+INTERPRETER_CASES = sorted(_interpreter_cases())
+
+
+def _run_interpreter_cases() -> None:
+    """Subprocess entry point: TRITON_INTERPRET is already set; print one JSON line of results."""
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import model.kernels
+
+    before_triton = "triton" in sys.modules
+    from model.kernels import dispatch, triton_conv, triton_scan, triton_state_update
+
+    fns = {
+        "scan": triton_scan.selective_scan,
+        "step": triton_state_update.selective_state_update,
+        "conv": triton_conv.causal_conv1d,
+        "conv_step": triton_conv.causal_conv1d_update,
+        "ops": dispatch._registry["triton"].loader(),  # what use("triton") gets on CUDA
+    }
+    del model.kernels
+    results: dict[str, Any] = {"_import_model_kernels_loaded_triton": before_triton}
+    for name, case in _interpreter_cases().items():
+        start = time.perf_counter()
+        try:
+            results[name] = {**case(fns), "seconds": time.perf_counter() - start}
+        except Exception as exc:  # reported per case by the parent
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    print("RESULTS " + json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict[str, Any]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.model.test_kernels_triton"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
+    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr}"
+    results = json.loads(lines[-1].removeprefix("RESULTS "))
+    print(f"interpreter subprocess: {time.perf_counter() - start:.1f} s")
+    return results
+
+
+def _assert_within(case: str, result: dict[str, Any]) -> None:
+    assert "error" not in result, f"{case}: {result['error']}"
+    for output, err in result.items():
+        if output == "seconds":
+            continue
+        print(f"{case:34s} {output:12s} max {err['max']:.3e}  mean {err['mean']:.3e}  "
+              f"ref(low) {err['ref_err']:.3e}  tol {err['tol']:.3e}")
+    for output, err in result.items():
+        if output != "seconds":
+            assert err["max"] <= err["tol"], f"{case}: {output} max error {err['max']} > {err['tol']}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", INTERPRETER_CASES)
+def test_triton_kernel_under_interpreter(case: str, interpreter_results: dict[str, Any]) -> None:
+    _assert_within(case, interpreter_results[case])
+
+
+@pytest.mark.triton
+def test_importing_model_kernels_does_not_import_triton(interpreter_results) -> None:
+    assert interpreter_results["_import_model_kernels_loaded_triton"] is False
+
+
+@pytest.mark.triton
+def test_triton_backend_is_what_dispatch_loads_for_cuda() -> None:
+    """Without importing Triton here: the dispatcher's Triton loader names our module's OPS."""
+    from model.kernels import dispatch
+
+    backend = dispatch._registry["triton"]
+    assert backend.device_types == ("cuda",)
+    assert dispatch.AUTO_PREFERENCE["cuda"][0] == "triton"
+    source = (ROOT / "model/kernels/triton_backend.py").read_text()
+    for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update"):
+        assert f'"{op}": {op},' in source
+
+
+# ---------------------------------------------------------------------------------------------
+# Real sizes on a real GPU (skipped without CUDA by tests/conftest.py).
+
+GPU_ED, GPU_N, GPU_L = 2048, 16, 2048
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gpu_selective_scan_real_size(dtype: str) -> None:
+    from model.kernels.triton_scan import selective_scan
+
+    result = check_scan(selective_scan, 2, GPU_ED, GPU_N, GPU_L, DTYPES[dtype], "cuda",
+                        strided=True)
+    _assert_within(f"gpu_scan_{dtype}", result)
+
+
+@pytest.mark.gpu
+def test_gpu_scan_chunked_and_decode_steps() -> None:
+    from model.kernels.triton_scan import selective_scan
+    from model.kernels.triton_state_update import selective_state_update
+
+    _assert_within("gpu_scan_chunked", check_scan_chunked(
+        selective_scan, 2, GPU_ED, GPU_N, GPU_L, 1000, torch.float32, "cuda"))
+    _assert_within("gpu_scan_vs_steps", check_scan_equals_steps(
+        selective_scan, selective_state_update, 2, GPU_ED, GPU_N, 64, "cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gpu_selective_state_update_real_size(dtype: str) -> None:
+    from model.kernels.triton_state_update import selective_state_update
+
+    for batch in (1, 8):
+        _assert_within(f"gpu_step_{dtype}_b{batch}", check_state_update(
+            selective_state_update, batch, GPU_ED, GPU_N, DTYPES[dtype], "cuda", cache_view=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gpu_causal_conv1d_real_size(dtype: str) -> None:
+    from model.kernels.triton_conv import causal_conv1d, causal_conv1d_update
+
+    _assert_within(f"gpu_conv_{dtype}", check_conv(
+        causal_conv1d, 2, GPU_ED, GPU_L, 4, DTYPES[dtype], "cuda", strided=True))
+    _assert_within(f"gpu_conv_update_{dtype}", check_conv_update(
+        causal_conv1d_update, 8, GPU_ED, 4, 3, DTYPES[dtype], "cuda"))
+    if dtype == "fp32":
+        _assert_within("gpu_conv_chunked", check_conv_chunked(
+            causal_conv1d, causal_conv1d_update, 2, GPU_ED, GPU_L, 777, 4, "cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_dispatcher_picks_triton() -> None:
+    from model import kernels
+
+    with kernels.use("auto"):
+        assert kernels.active_backend("cuda") == "triton"
+        backends = kernels.op_backends("cuda")
+    for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update"):
+        assert backends[op] == "triton", backends
+
+
+if __name__ == "__main__":
+    _run_interpreter_cases()
