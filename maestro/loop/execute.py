@@ -166,9 +166,7 @@ class PlanExecutor:
         except BaseExceptionGroup as group_error:
             # One failing step (a provider error during repair, a bug in a tool definition)
             # surfaces as itself, not wrapped, so callers can catch it by type.
-            if len(group_error.exceptions) == 1 and isinstance(
-                group_error.exceptions[0], Exception
-            ):
+            if len(group_error.exceptions) == 1:
                 raise group_error.exceptions[0] from None
             raise
         if self._budget_stop is not None:

@@ -35,14 +35,16 @@ class PlanStep(pydantic.BaseModel):
 
     id: str = pydantic.Field(description="short unique id such as s1")
     tool: str | None = pydantic.Field(description="exact name of one of the listed tools")
-    args: dict[str, Any] = pydantic.Field(default_factory=dict)
-    depends_on: list[str] = pydantic.Field(default_factory=list)
+    args: dict[str, Any] = pydantic.Field(description="arguments matching the tool's schema")
+    depends_on: list[str] = pydantic.Field(description="ids of steps whose results this uses")
     purpose: str = ""
 
 
 class Plan(pydantic.BaseModel):
-    rationale: str = ""
-    steps: list[PlanStep] = pydantic.Field(default_factory=list)
+    # Every field is required so that a grammar-constrained planner must write a real plan
+    # (with defaults, "{}" would be a valid and useless answer).
+    rationale: str
+    steps: list[PlanStep]
 
 
 PLAN_ADAPTER: pydantic.TypeAdapter[Plan] = pydantic.TypeAdapter(Plan)
