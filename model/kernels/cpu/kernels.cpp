@@ -22,6 +22,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -119,6 +122,78 @@ Tensor empty_seq_like(const Tensor& like, at::ScalarType dtype) {
   return at::empty(like.sizes(), opts);
 }
 
+// One chunk of the recurrence for a block of CB channels (lane c = channel d0 + c):
+//   h[n] = exp(dt * a[n]) * h[n] + du * B_t[n];   y_t = sum_n h[n] * C_t[n]
+// dt, du, y are [tc][CB]; Brows, Crows [tc][N] (shared by all channels); a, h [N][CB].
+// NS > 0 fixes N at compile time so that, with AVX-512, the whole state block lives in NS
+// registers; NS = 0 is the portable version for any N.
+#if defined(__AVX512F__)
+inline __attribute__((always_inline)) __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);  // p * 2^n
+}
+#endif
+
+template <int NS>
+void scan_chunk(const float* dt, const float* du, const float* Brows, const float* Crows,
+                int64_t tc, int64_t n_state, const float* a, float* h, float* y) {
+#if defined(__AVX512F__)
+  static_assert(CB == 16, "the AVX-512 path holds 16 fp32 channels per register");
+  if constexpr (NS > 0) {
+    __m512 hv[NS];
+    for (int n = 0; n < NS; ++n) hv[n] = _mm512_loadu_ps(h + n * CB);
+    for (int64_t t = 0; t < tc; ++t) {
+      const __m512 d = _mm512_loadu_ps(dt + t * CB), w = _mm512_loadu_ps(du + t * CB);
+      const float* Bn = Brows + t * NS;
+      const float* Cn = Crows + t * NS;
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+#pragma GCC unroll 16
+      for (int n = 0; n < NS; ++n) {
+        const __m512 e = exp512(_mm512_mul_ps(d, _mm512_loadu_ps(a + n * CB)));
+        hv[n] = _mm512_fmadd_ps(e, hv[n], _mm512_mul_ps(w, _mm512_set1_ps(Bn[n])));
+        if (n % 2 == 0) {
+          acc0 = _mm512_fmadd_ps(hv[n], _mm512_set1_ps(Cn[n]), acc0);
+        } else {
+          acc1 = _mm512_fmadd_ps(hv[n], _mm512_set1_ps(Cn[n]), acc1);
+        }
+      }
+      _mm512_storeu_ps(y + t * CB, _mm512_add_ps(acc0, acc1));
+    }
+    for (int n = 0; n < NS; ++n) _mm512_storeu_ps(h + n * CB, hv[n]);
+    return;
+  }
+#endif
+  for (int64_t t = 0; t < tc; ++t) {
+    const float* dtr = dt + t * CB;
+    const float* dur = du + t * CB;
+    float acc[CB] = {0.0f};
+    for (int64_t n = 0; n < n_state; ++n) {
+      const float bn = Brows[t * n_state + n], cn = Crows[t * n_state + n];
+      float* hn = h + n * CB;
+      const float* an = a + n * CB;
+#pragma omp simd
+      for (int64_t c = 0; c < CB; ++c) {
+        const float hv = fast_exp(dtr[c] * an[c]) * hn[c] + dur[c] * bn;
+        hn[c] = hv;
+        acc[c] += hv * cn;
+      }
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < CB; ++c) y[t * CB + c] = acc[c];
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Selective scan (prefill).
 // ---------------------------------------------------------------------------------------
@@ -170,41 +245,33 @@ void selective_scan_kernel(const Tensor& u, const Tensor& delta, const Tensor& A
             dt[t * CB + c] = live ? ld(DL.at(b, d0 + c, t0 + t)) : 0.0f;
             uu[t * CB + c] = live ? ld(U.at(b, d0 + c, t0 + t)) : 0.0f;
           }
+        const int64_t total = tc * CB;
         for (int64_t t = 0; t < tc; ++t) {
 #pragma omp simd
-          for (int64_t c = 0; c < CB; ++c) {
-            float v = dt[t * CB + c] + blk_bias[c];
-            v = use_softplus ? softplus(v) : v;
-            dt[t * CB + c] = v;
-            du[t * CB + c] = v * uu[t * CB + c];
-          }
+          for (int64_t c = 0; c < CB; ++c) dt[t * CB + c] += blk_bias[c];
         }
-        // The recurrence: per step and state index, one vector op over the 16 channels.
+        if (use_softplus) {
+#pragma omp simd
+          for (int64_t i = 0; i < total; ++i) dt[i] = softplus(dt[i]);
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < total; ++i) du[i] = dt[i] * uu[i];
+        const float* Brows = Bt + (b * length + t0) * n_state;
+        const float* Crows = Ct + (b * length + t0) * n_state;
+        if (n_state == 16) {
+          scan_chunk<16>(dt.data(), du.data(), Brows, Crows, tc, 16, a.data(), h.data(), yy.data());
+        } else {
+          scan_chunk<0>(dt.data(), du.data(), Brows, Crows, tc, n_state, a.data(), h.data(),
+                        yy.data());
+        }
         for (int64_t t = 0; t < tc; ++t) {
-          const float* Brow = Bt + (b * length + t0 + t) * n_state;
-          const float* Crow = Ct + (b * length + t0 + t) * n_state;
-          const float* dtr = dt.data() + t * CB;
-          const float* dur = du.data() + t * CB;
-          float acc[CB] = {0.0f};
-          for (int64_t n = 0; n < n_state; ++n) {
-            const float bn = Brow[n], cn = Crow[n];
-            float* hn = h.data() + n * CB;
-            const float* an = a.data() + n * CB;
 #pragma omp simd
-            for (int64_t c = 0; c < CB; ++c) {
-              const float hv = fast_exp(dtr[c] * an[c]) * hn[c] + dur[c] * bn;
-              hn[c] = hv;
-              acc[c] += hv * cn;
-            }
-          }
-#pragma omp simd
-          for (int64_t c = 0; c < CB; ++c) yy[t * CB + c] = acc[c] + blk_D[c] * uu[t * CB + c];
+          for (int64_t c = 0; c < CB; ++c) yy[t * CB + c] += blk_D[c] * uu[t * CB + c];
         }
         if (has_z) {
           for (int64_t t = 0; t < tc; ++t)
             for (int64_t c = 0; c < CB; ++c)
               zz[t * CB + c] = c < nc ? ld(Z.at(b, d0 + c, t0 + t)) : 0.0f;
-          const int64_t total = tc * CB;
 #pragma omp simd
           for (int64_t i = 0; i < total; ++i) yy[i] *= silu(zz[i]);
         }
