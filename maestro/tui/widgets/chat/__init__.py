@@ -1,0 +1,1 @@
+"""The conversation region: the message log, one message, and the prompt input."""

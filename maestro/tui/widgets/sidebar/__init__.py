@@ -1,0 +1,1 @@
+"""The left sidebar: the list of conversation threads."""
