@@ -7,6 +7,10 @@ is imported only when a ``LocalModel`` is first used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from maestro.agent import Agent, RunResult
+from maestro.budget import Budget
 from maestro.errors import (
     ApprovalDenied,
     BudgetExceeded,
@@ -36,6 +40,8 @@ from maestro.events import (
     ToolCallStarted,
 )
 from maestro.llm.base import Model, Pricing
+from maestro.loop.execute import ApprovalRequest
+from maestro.loop.plan import Plan, PlanStep
 from maestro.messages import (
     AssistantMessage,
     Message,
@@ -48,18 +54,39 @@ from maestro.messages import (
     Usage,
     UserMessage,
 )
+from maestro.requirements import Requirement, RequirementScore, RequirementsReport
 from maestro.runs import InMemoryRunStore, RunRecord, RunStore, StepRecord
 from maestro.tool import Tool, ToolContext, tool
+from maestro.tracing import disable_tracing, enable_tracing
+
+if TYPE_CHECKING:
+    from maestro.llm.local import LocalModel
+    from maestro.llm.openai import OpenAIModel
+
+
+def __getattr__(name: str) -> Any:
+    # The two real models are imported on first use: OpenAIModel pulls in httpx and tenacity,
+    # LocalModel (later) the engine; neither belongs on the `import maestro` path.
+    if name in ("OpenAIModel", "LocalModel"):
+        import maestro.llm
+
+        return getattr(maestro.llm, name)
+    raise AttributeError(f"module 'maestro' has no attribute {name!r}")
+
 
 __all__ = [
+    "Agent",
     "ApprovalDenied",
+    "ApprovalRequest",
     "ApprovalRequested",
     "AssistantMessage",
+    "Budget",
     "BudgetExceeded",
     "BudgetUpdate",
     "Event",
     "FixRound",
     "InMemoryRunStore",
+    "LocalModel",
     "MaestroError",
     "Message",
     "Model",
@@ -69,11 +96,18 @@ __all__ = [
     "ModelRequestOptions",
     "ModelResponse",
     "ModelTimeoutError",
+    "OpenAIModel",
+    "Plan",
     "PlanMade",
+    "PlanStep",
     "Pricing",
+    "Requirement",
+    "RequirementScore",
     "RequirementScored",
+    "RequirementsReport",
     "RunFinished",
     "RunRecord",
+    "RunResult",
     "RunStarted",
     "RunStore",
     "StepFinished",
@@ -94,5 +128,7 @@ __all__ = [
     "Usage",
     "UserError",
     "UserMessage",
+    "disable_tracing",
+    "enable_tracing",
     "tool",
 ]
