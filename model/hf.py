@@ -210,7 +210,9 @@ def build_model(
         missing = sorted(set(range(config.num_experts)) - filled[ours])
         if missing:
             raise CheckpointError(
-                f"experts {missing} missing", tensor=_hf_name(config, ours).replace("{j}", str(missing[0]))
+                f"experts {missing} missing",
+                file=source if isinstance(source, str) else None,
+                tensor=_hf_name(config, ours).replace("{j}", str(missing[0])),
             )
         _set_param(model, ours, buf)
         done.add(ours)

@@ -1,0 +1,160 @@
+"""The Hugging Face loader: sharded checkpoints, both MoE spellings, and a typed error naming the
+file and the tensor for every broken checkpoint a user can hand us."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.config import ModelConfig
+from model.errors import CheckpointError, UnsupportedArchitectureError
+from model.hf import build_model, load_hf_dir, read_safetensors
+
+
+@pytest.fixture
+def ckpt_dir(checkpoint_factory, tmp_path) -> Path:
+    """A private copy of the 'awkward' tiny Jamba checkpoint, free to break."""
+    src = checkpoint_factory("awkward").path
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _logits(model, vocab: int) -> torch.Tensor:
+    ids = torch.arange(3, 23)[None] % vocab
+    with torch.no_grad():
+        return model(ids)
+
+
+def test_sharded_checkpoint_loads_and_matches(checkpoint_factory, tmp_path, kernel_backend):
+    ckpt = checkpoint_factory("awkward")
+    sharded = tmp_path / "sharded"
+    ckpt.reference.save_pretrained(sharded, max_shard_size="40KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").exists()
+    got = _logits(load_hf_dir(sharded), 101)
+    want = _logits(load_hf_dir(ckpt.path), 101)
+    assert torch.equal(got, want)
+
+
+def test_missing_config_json(ckpt_dir):
+    (ckpt_dir / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"config\.json") as info:
+        load_hf_dir(ckpt_dir)
+    assert info.value.file == str(ckpt_dir / "config.json")
+
+
+def test_missing_shard_names_file_and_tensor(checkpoint_factory, tmp_path):
+    sharded = tmp_path / "sharded"
+    checkpoint_factory("awkward").reference.save_pretrained(sharded, max_shard_size="40KB")
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    victim = sorted(set(index["weight_map"].values()))[-1]
+    (sharded / victim).unlink()
+    with pytest.raises(CheckpointError, match="shard") as info:
+        load_hf_dir(sharded)
+    assert info.value.file == str(sharded / victim)
+    assert index["weight_map"][info.value.tensor] == victim
+    assert victim in str(info.value) and info.value.tensor in str(info.value)
+
+
+def test_truncated_safetensors_names_file_and_tensor(ckpt_dir):
+    path = ckpt_dir / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match="truncated") as info:
+        load_hf_dir(ckpt_dir)
+    assert info.value.file == str(path) and info.value.tensor is not None
+    path.write_bytes(data[:5])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_safetensors(path)
+    path.write_bytes(data[:100])  # cut inside the JSON header
+    with pytest.raises(CheckpointError, match=r"truncated|corrupt"):
+        read_safetensors(path)
+
+
+def test_shape_mismatch_names_file_and_tensor(ckpt_dir):
+    cfg = json.loads((ckpt_dir / "config.json").read_text())
+    cfg["intermediate_size"] += 8
+    (ckpt_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape") as info:
+        load_hf_dir(ckpt_dir)
+    assert info.value.file == str(ckpt_dir / "model.safetensors")
+    assert "proj" in info.value.tensor
+
+
+def test_unsupported_architecture_lists_supported(ckpt_dir):
+    cfg = json.loads((ckpt_dir / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (ckpt_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2") as info:
+        load_hf_dir(ckpt_dir)
+    for name in ("jamba", "llama", "mistral", "qwen2"):
+        assert name in str(info.value)
+
+
+def test_missing_and_extra_tensors_are_named(ckpt_dir):
+    path = ckpt_dir / "model.safetensors"
+    original = load_file(path)
+    gone = "model.layers.0.mamba.dt_proj.bias"
+    save_file({k: v for k, v in original.items() if k != gone}, path)
+    with pytest.raises(CheckpointError, match="missing") as info:
+        load_hf_dir(ckpt_dir)
+    assert info.value.tensor == gone and info.value.file == str(path)
+
+    save_file({**original, "model.layers.0.mamba.surprise": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="unexpected") as info:
+        load_hf_dir(ckpt_dir)
+    assert info.value.tensor == "model.layers.0.mamba.surprise"
+    assert info.value.file == str(path)
+
+
+def test_moe_spelling_and_fused_experts_load_the_same(checkpoint_factory, kernel_backend):
+    ckpt = checkpoint_factory("v01_pattern")
+    tensors = load_file(ckpt.path / "model.safetensors")
+    config = ModelConfig.from_hf_config(json.loads((ckpt.path / "config.json").read_text()))
+    want = _logits(build_model(config, tensors), config.vocab_size)
+
+    moe_spelling = {k.replace(".feed_forward.", ".moe."): v for k, v in tensors.items()
+                    if ".experts." in k or ".router." in k}
+    moe_spelling.update({k: v for k, v in tensors.items() if not (".experts." in k or ".router." in k)})
+    assert any(".moe.experts.0." in k for k in moe_spelling)
+    assert torch.equal(_logits(build_model(config, moe_spelling), config.vocab_size), want)
+
+    fused: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        if ".experts." not in k:
+            fused[k] = v
+    for i, spec in enumerate(config.layers):
+        if spec.ffn != "moe":
+            continue
+        p = f"model.layers.{i}.feed_forward.experts"
+        e = range(config.num_experts)
+        fused[f"{p}.gate_up_proj"] = torch.stack(
+            [torch.cat([tensors[f"{p}.{j}.gate_proj.weight"], tensors[f"{p}.{j}.up_proj.weight"]]) for j in e])
+        fused[f"{p}.down_proj"] = torch.stack([tensors[f"{p}.{j}.down_proj.weight"] for j in e])
+    assert torch.equal(_logits(build_model(config, fused), config.vocab_size), want)
+
+
+def test_missing_expert_is_named(checkpoint_factory):
+    ckpt = checkpoint_factory("v01_pattern")
+    tensors = load_file(ckpt.path / "model.safetensors")
+    del tensors["model.layers.3.feed_forward.experts.2.up_proj.weight"]
+    config = ModelConfig.from_hf_config(json.loads((ckpt.path / "config.json").read_text()))
+    with pytest.raises(CheckpointError, match=r"experts \[2\] missing") as info:
+        build_model(config, tensors, source="weights.gguf")
+    assert info.value.tensor == "model.layers.3.feed_forward.experts.2.up_proj.weight"
+    assert "weights.gguf" in str(info.value)
+
+
+def test_not_a_directory_and_no_weights(tmp_path, ckpt_dir):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_hf_dir(tmp_path / "nowhere")
+    (ckpt_dir / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors") as info:
+        load_hf_dir(ckpt_dir)
+    assert info.value.file == str(ckpt_dir / "model.safetensors")
