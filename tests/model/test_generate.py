@@ -1,0 +1,154 @@
+# ruff: noqa: F811  (pytest fixtures imported by name from _io_fixtures)
+"""Generation: sampling, stops, streaming, batching, context limits, the processor hook."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from model import ContextLengthError, LanguageModel, load
+from model.config import ModelConfig
+from model.tokenizer import Tokenizer
+from model.transformer import CausalLM
+from tests.model._io_fixtures import (  # noqa: F401 - fixtures used by name
+    smollm2,
+    smollm2_gguf,
+    tiny_llama,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama) -> LanguageModel:
+    return load(tiny_llama[0])
+
+
+class Script:
+    """A logits processor that forces a fixed continuation, then the end token."""
+
+    def __init__(self, ids: Sequence[int], end: int = 2) -> None:
+        self.ids, self.end = list(ids), end
+
+    def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        forced = self.ids[len(generated)] if len(generated) < len(self.ids) else self.end
+        out = torch.full_like(logits, float("-inf"))
+        out[forced] = 0.0
+        return out
+
+
+def test_seeded_sampling_is_reproducible(tiny):
+    kw = dict(max_new_tokens=24, temperature=1.0, top_k=50, top_p=0.95, stop_token_ids=[])
+    a = tiny.generate("the", seed=7, **kw).token_ids
+    b = tiny.generate("the", seed=7, **kw).token_ids
+    c = tiny.generate("the", seed=8, **kw).token_ids
+    assert a == b and len(a) == 24
+    assert a != c
+    assert "".join(tiny.stream("the", seed=7, **kw)) == tiny.tokenizer.decode(a)
+
+
+def test_greedy_equals_top_k_1_and_tiny_top_p(tiny):
+    greedy = tiny.generate("the é", max_new_tokens=12, stop_token_ids=[]).token_ids
+    assert tiny.generate("the é", max_new_tokens=12, temperature=0.8, top_k=1, seed=1,
+                         stop_token_ids=[]).token_ids == greedy
+    assert tiny.generate("the é", max_new_tokens=12, temperature=0.8, top_p=1e-6, seed=2,
+                         stop_token_ids=[]).token_ids == greedy
+
+
+def test_repetition_penalty_changes_greedy_choice(tiny):
+    plain = tiny.generate("the the the", max_new_tokens=16, stop_token_ids=[]).token_ids
+    penalised = tiny.generate("the the the", max_new_tokens=16, repetition_penalty=5.0,
+                              stop_token_ids=[]).token_ids
+    assert plain != penalised
+    assert len(set(penalised)) >= len(set(plain))
+
+
+def test_stop_string_is_honoured_and_never_streamed_partially(tiny):
+    text = "the cat STAR then STOP and more"
+    script = Script(tiny.tokenizer.encode(text))
+    pieces = list(tiny.stream("x", stop=["STOP"], max_new_tokens=60, logits_processor=script, result=(res := [])))
+    assert "".join(pieces) == "the cat STAR then " == res[0].text
+    assert res[0].finish_reason == "stop"
+    assert not any("STO" in p for p in pieces)
+    # "STAR" shares "ST" with the stop string: held back, then released with the "A"
+    assert "STA" in pieces and "S" not in pieces
+    full = tiny.generate("x", stop=["never"], max_new_tokens=60, logits_processor=Script(tiny.tokenizer.encode(text)))
+    assert full.text == text and full.finish_reason == "stop"  # the end token after the script
+
+
+def test_stop_token_is_not_emitted(tiny):
+    ids = tiny.tokenizer.encode("the end")
+    result = tiny.generate("x", max_new_tokens=30, logits_processor=Script(ids, end=2))
+    assert result.finish_reason == "stop"
+    assert result.token_ids == ids and result.text == "the end"
+    assert result.usage.completion_tokens == len(ids) + 1 and result.usage.prompt_tokens == 1
+
+
+def test_streaming_with_multibyte_characters_split_across_tokens(tiny):
+    text = "héllo 日本語 🤖🎉 é"
+    ids = tiny.tokenizer.encode(text)
+    assert len(ids) > len(text)
+    out: list = []
+    pieces = list(tiny.stream("x", max_new_tokens=100, logits_processor=Script(ids), result=out))
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == out[0].text == text
+
+
+def test_max_new_tokens_gives_length(tiny):
+    r = tiny.generate("the", max_new_tokens=5, stop_token_ids=[])
+    assert r.finish_reason == "length" and len(r.token_ids) == 5 and r.usage.completion_tokens == 5
+    zero = tiny.generate("the", max_new_tokens=0)
+    assert zero.finish_reason == "length" and zero.token_ids == [] and zero.text == ""
+
+
+def test_prompt_longer_than_context_raises(tiny):
+    context = tiny.context_length
+    with pytest.raises(ContextLengthError, match=str(context + 1)):
+        tiny.generate([5] * (context + 1), max_new_tokens=1)
+    # a prompt that fits but leaves little room: output is cut at the context end
+    r = tiny.generate([5] * (context - 3), max_new_tokens=50, stop_token_ids=[])
+    assert r.finish_reason == "length" and len(r.token_ids) == 3
+
+
+def test_bad_parameters_are_rejected(tiny):
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1),
+                dict(repetition_penalty=0)):
+        with pytest.raises(ValueError):
+            tiny.generate("the", **bad)
+    with pytest.raises(TypeError):
+        tiny.generate("the", stop="STOP")
+    with pytest.raises(TypeError):
+        tiny.generate_batch("not a list")
+    with pytest.raises(ValueError, match="processors"):
+        tiny.generate_batch(["a", "b"], logits_processors=[None])
+
+
+def _batch_equals_alone(lm: LanguageModel, prompts: list, n: int) -> None:
+    batch = lm.generate_batch(prompts, max_new_tokens=n, stop_token_ids=[])
+    for prompt, got in zip(prompts, batch, strict=True):
+        alone = lm.generate(prompt, max_new_tokens=n, stop_token_ids=[])
+        assert got.token_ids == alone.token_ids, prompt
+        assert got.text == alone.text
+
+
+def test_batch_of_different_lengths_equals_each_alone_llama(tiny):
+    _batch_equals_alone(tiny, ["the", "the é the cat sat on", "é é"], 10)
+
+
+def test_batch_of_different_lengths_equals_each_alone_jamba(tiny_llama):
+    torch.manual_seed(0)
+    config = ModelConfig.jamba_tiny()
+    net = CausalLM(config).eval()
+    with torch.no_grad():  # larger weights than the default init: well-separated logits
+        for p in net.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+    tok = Tokenizer.from_gguf(tiny_llama[0])
+    lm = LanguageModel(net, tok, name="jamba-tiny", path=tiny_llama[0])
+    prompts = [[5, 9, 30], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [7]]
+    _batch_equals_alone(lm, prompts, 8)
+
+
+@pytest.mark.slow
+def test_smollm2_batch_equals_alone(smollm2):
+    _batch_equals_alone(smollm2, ["The capital of France is", "1, 2, 3,", "Once upon a time, in a land far away, there"], 8)
