@@ -68,6 +68,11 @@ LLAMA_CONFIGS: dict[str, dict[str, Any]] = {
         ),
         max_position_embeddings=512,
     ),
+    "mistral_window": dict(
+        arch="mistral", vocab_size=128, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+        rope_theta=10000.0, sliding_window=8, max_position_embeddings=512,
+    ),
     "qwen2": dict(
         arch="qwen2", vocab_size=131, hidden_size=64, intermediate_size=96,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -114,6 +119,9 @@ def _build(name: str, params: dict[str, Any], root: Path, seed: int) -> Checkpoi
     elif arch == "llama":
         cfg = transformers.LlamaConfig(**params)
         cls = transformers.LlamaForCausalLM
+    elif arch == "mistral":
+        cfg = transformers.MistralConfig(**params)
+        cls = transformers.MistralForCausalLM
     else:
         cfg = transformers.Qwen2Config(**params)
         cls = transformers.Qwen2ForCausalLM

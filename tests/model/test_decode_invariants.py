@@ -19,7 +19,7 @@ from model.hf import load_hf_dir
 from model.transformer import CausalLM
 from tests.model.conftest import JAMBA_CONFIGS
 
-NAMES = [*JAMBA_CONFIGS, "llama", "qwen2"]
+NAMES = [*JAMBA_CONFIGS, "llama", "mistral_window", "qwen2"]
 TOL = 1e-4
 
 
