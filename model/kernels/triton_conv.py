@@ -185,8 +185,11 @@ def causal_conv1d(
     final_state = torch.empty((batch, channels, width - 1), dtype=x.dtype, device=x.device)
     if batch == 0 or channels == 0:
         return y, final_state
+    # ~8 elements of the (BLOCK_D, BLOCK_L) tile per thread at 4 warps. Offline sm_90 compiles
+    # (``python -m model.kernels.bench_triton --compile-report``, fp32, K = 4): (8, 128) 80
+    # registers, (16, 128) 168, (32, 128) 255 + an 88-byte stack frame. Not yet timed on a GPU.
     block_l = block_l or min(128, max(16, triton.next_power_of_2(length)))
-    block_d = block_d or max(1, min(triton.next_power_of_2(channels), 4096 // block_l))
+    block_d = block_d or max(1, min(triton.next_power_of_2(channels), 1024 // block_l))
     # At least one L tile, so that the final state is written even when L == 0.
     grid = (max(1, triton.cdiv(length, block_l)), triton.cdiv(channels, block_d), batch)
     _causal_conv1d_kernel[grid](

@@ -147,11 +147,17 @@ def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
 
 
 def default_scan_blocks(channels: int, n_state: int, length: int) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_L, num_warps) heuristics, untuned: a (BLOCK_D, N, BLOCK_L) fp32 tile of
-    about 2-4K elements per tensor keeps the scan in registers for N = 16 with 4 warps."""
+    """(BLOCK_D, BLOCK_L, num_warps) for a launch.
+
+    Each of the scan's (BLOCK_D, N, BLOCK_L) fp32 tiles is spread over 32 * num_warps threads;
+    about 16 elements per thread keeps it in registers. Offline sm_90 compiles (ptxas, no GPU:
+    ``python -m model.kernels.bench_triton --compile-report``) of the bf16 kernel with N = 16
+    gave: (4, 32, 4 warps) 128 registers, (8, 16, 4) 96, (4, 64, 8) 147, (4, 64, 4) 254,
+    (8, 32, 2) 255 with a stack frame; none spilled. Not yet timed on a GPU.
+    """
     block_n = triton.next_power_of_2(max(n_state, 1))
-    block_l = min(64, max(16, triton.next_power_of_2(length)))
-    block_d = max(1, min(triton.next_power_of_2(channels), 4096 // (block_n * block_l)))
+    block_l = min(32, max(16, triton.next_power_of_2(length)))
+    block_d = max(1, min(triton.next_power_of_2(channels), 2048 // (block_n * block_l)))
     return block_d, block_l, 4
 
 

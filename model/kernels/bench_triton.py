@@ -1,0 +1,346 @@
+"""Timings and an offline compile report for the Triton kernels.
+
+    python -m model.kernels.bench_triton                    # on a CUDA GPU: the timing table
+    python -m model.kernels.bench_triton --sweep            # ... plus the scan's block-size sweep
+    python -m model.kernels.bench_triton --compile-report   # NO GPU needed: registers / spills
+
+Timing table (GPU): each op at Jamba sizes (ED = 2048, N = 16, K = 4; prefill L = 2048, decode
+batch 1 and 8) and each input dtype, Triton vs our PyTorch reference vs mamba-ssm /
+causal-conv1d when their wheels are installed, measured in the same run with
+``triton.testing.do_bench`` (median ms), plus the effective bandwidth of the Triton kernel
+(bytes it must move / time). Ratios are per row against Triton. The machine and versions are
+printed above the table.
+
+Compile report (no GPU): compiles every kernel for NVIDIA targets (sm_80, sm_90) through the
+same specialisation the runtime would apply to real-size tensors (``meta`` tensors stand in for
+data) and reads registers, spill (local) memory and shared memory from the cubin with the
+``cuobjdump`` that ships with Triton. It proves the kernels compile for a GPU and fit in
+registers; it says nothing about speed.
+
+STATUS: the session that wrote this had no GPU: the timing path has NOT been run; only
+``--compile-report`` was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from model.kernels import (
+    causal_conv1d_ref,
+    causal_conv1d_update_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
+
+ED, N_STATE, WIDTH, LENGTH = 2048, 16, 4, 2048
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# ---------------------------------------------------------------------------------------------
+# Inputs at Jamba sizes.
+
+
+def scan_inputs(batch: int, length: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
+    def r(*shape: int, dt: torch.dtype = dtype, scale: float = 1.0) -> torch.Tensor:
+        if str(device) == "meta":
+            return torch.empty(*shape, dtype=dt, device="meta")
+        return (torch.randn(*shape, device=device) * scale).to(dt)
+
+    return dict(
+        u=r(batch, ED, length), delta=r(batch, ED, length, scale=0.5),
+        A=-torch.exp(r(ED, N_STATE, dt=torch.float32, scale=0.5)),
+        B=r(batch, N_STATE, length), C=r(batch, N_STATE, length), D=r(ED, dt=torch.float32),
+        z=r(batch, ED, length), delta_bias=r(ED, dt=torch.float32, scale=0.1),
+        delta_softplus=True,
+    )
+
+
+def step_inputs(batch: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
+    args = scan_inputs(batch, 1, dtype, device)
+    return dict(
+        state=torch.zeros(batch, ED, N_STATE, device=device),
+        x=args["u"][..., 0].contiguous(), dt=args["delta"][..., 0].contiguous(), A=args["A"],
+        B=args["B"][..., 0].contiguous(), C=args["C"][..., 0].contiguous(), D=args["D"],
+        z=args["z"][..., 0].contiguous(), dt_bias=args["delta_bias"], dt_softplus=True,
+    )
+
+
+def conv_inputs(batch: int, length: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
+    make = torch.empty if str(device) == "meta" else torch.randn
+    return dict(
+        x=make(batch, ED, length, device=device).to(dtype),
+        weight=make(ED, WIDTH, device=device).to(dtype),
+        bias=make(ED, device=device).to(dtype),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline compile report.
+
+
+@contextmanager
+def _captured_launches(module: Any, kernel_name: str) -> Iterator[list[tuple[Any, tuple, dict]]]:
+    """Replace ``module.<kernel_name>`` so ``kernel[grid](...)`` records its arguments."""
+    kernel = getattr(module, kernel_name)
+    calls: list[tuple[Any, tuple, dict]] = []
+
+    class _Recorder:
+        def __getitem__(self, grid: Any) -> Callable[..., None]:
+            return lambda *args, **kwargs: calls.append((kernel, args, kwargs))
+
+    setattr(module, kernel_name, _Recorder())
+    try:
+        yield calls
+    finally:
+        setattr(module, kernel_name, kernel)
+
+
+def _compile(kernel: Any, args: tuple, kwargs: dict, capability: int) -> dict[str, Any]:
+    """Compile one recorded launch for ``sm_<capability>`` as the runtime would specialise it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature  # private: best effort
+
+    target = GPUTarget("cuda", capability, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(
+        backend, options, bound, specialization, options
+    )
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__
+    )
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                             "cuobjdump")
+    path = f"/tmp/maestro_triton_{os.getpid()}.cubin"
+    with open(path, "wb") as fh:
+        fh.write(compiled.asm["cubin"])
+    try:
+        usage = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True,
+                               check=True).stdout
+    finally:
+        os.unlink(path)
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+    assert found, usage
+    regs, stack, shared, local = (int(v) for v in found.groups())
+    return {"regs": regs, "stack": stack, "shared": shared, "local": local,
+            "num_warps": compiled.metadata.num_warps}
+
+
+def _launches(dtype: torch.dtype) -> Iterator[tuple[str, Any, tuple, dict]]:
+    """(op, kernel, args, kwargs) for one real-size call of each Triton wrapper, on meta tensors."""
+    from model.kernels import triton_conv, triton_scan, triton_state_update
+
+    meta = torch.device("meta")
+    scan = scan_inputs(1, LENGTH, dtype, meta)
+    scan["initial_state"] = torch.empty(1, ED, N_STATE, device=meta)
+    with _captured_launches(triton_scan, "_selective_scan_kernel") as calls:
+        triton_scan.selective_scan(**scan)
+    yield ("selective_scan", *calls[0])
+    step = step_inputs(8, dtype, meta)
+    with _captured_launches(triton_state_update, "_selective_state_update_kernel") as calls:
+        triton_state_update.selective_state_update(**step)
+    yield ("selective_state_update", *calls[0])
+    conv = conv_inputs(1, LENGTH, dtype, meta)
+    conv["initial_state"] = torch.empty(1, ED, WIDTH - 1, dtype=dtype, device=meta)
+    with _captured_launches(triton_conv, "_causal_conv1d_kernel") as calls:
+        triton_conv.causal_conv1d(**conv)
+    yield ("causal_conv1d", *calls[0])
+    x = torch.empty(8, ED, dtype=dtype, device=meta)
+    state = torch.empty(8, ED, WIDTH - 1, dtype=dtype, device=meta)
+    with _captured_launches(triton_conv, "_causal_conv1d_update_kernel") as calls:
+        triton_conv.causal_conv1d_update(x, state, conv["weight"], conv["bias"], "silu")
+    yield ("causal_conv1d_update", *calls[0])
+
+
+def compile_report(capabilities: tuple[int, ...] = (80, 90),
+                   dtypes: tuple[str, ...] = ("fp32", "bf16")) -> list[dict[str, Any]]:
+    """Compile every kernel for each capability and dtype; one row per compile."""
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's current default
+    rows = []
+    for dtype in dtypes:
+        for op, kernel, args, kwargs in _launches(DTYPES[dtype]):
+            for capability in capabilities:
+                row = {"op": op, "dtype": dtype, "sm": capability}
+                try:
+                    row.update(_compile(kernel, args, dict(kwargs), capability))
+                except Exception as exc:
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                rows.append(row)
+    return rows
+
+
+def _print_compile_report(rows: list[dict[str, Any]]) -> None:
+    import triton
+
+    print(f"Triton {triton.__version__}, torch {torch.__version__}; offline compile, no GPU used")
+    print(f"{'op':24s} {'dtype':5s} {'sm':>3s} {'warps':>5s} {'regs':>5s} {'spill B':>7s} "
+          f"{'stack B':>7s} {'smem B':>7s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['op']:24s} {r['dtype']:5s} {r['sm']:3d} ERROR {r['error']}")
+        else:
+            print(f"{r['op']:24s} {r['dtype']:5s} {r['sm']:3d} {r['num_warps']:5d} {r['regs']:5d} "
+                  f"{r['local']:7d} {r['stack']:7d} {r['shared']:7d}")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU timings.
+
+
+def _competitors() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        found["selective_scan"] = lambda a: selective_scan_fn(
+            a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"],
+            a["delta_softplus"], return_last_state=True)
+    except ImportError:
+        pass
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+        found["selective_state_update"] = lambda a: selective_state_update(**a)
+    except ImportError:
+        pass
+    try:
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+
+        found["causal_conv1d"] = lambda a: causal_conv1d_fn(
+            a["x"], a["weight"], a["bias"], activation="silu")
+        found["causal_conv1d_update"] = lambda a: causal_conv1d_update(
+            a["x"], a["conv_state"], a["weight"], a["bias"], activation="silu")
+    except ImportError:
+        pass
+    return found
+
+
+def _versions() -> str:
+    import triton
+
+    parts = [f"torch {torch.__version__}", f"triton {triton.__version__}"]
+    for name in ("mamba_ssm", "causal_conv1d"):
+        try:
+            module = __import__(name)
+            parts.append(f"{name} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            parts.append(f"{name} not installed")
+    return ", ".join(parts)
+
+
+def _time_ms(fn: Callable[[], Any], slow: bool = False) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=5 if slow else 25, rep=50 if slow else 200,
+                          return_mode="median"))
+
+
+def bench(sweep: bool = False) -> list[dict[str, Any]]:
+    """Time each op on the current CUDA device; returns the table rows (and prints them)."""
+    from model.kernels import triton_conv, triton_scan, triton_state_update
+
+    dev = torch.device("cuda")
+    others = _competitors()
+    rows: list[dict[str, Any]] = []
+
+    def row(op: str, shape: str, dtype: str, ours: Callable[[], Any], ref: Callable[[], Any],
+            other: Callable[[], Any] | None, nbytes: int) -> None:
+        t = _time_ms(ours)
+        r = _time_ms(ref, slow=True)
+        o = _time_ms(other) if other is not None else None
+        rows.append({"op": op, "shape": shape, "dtype": dtype, "triton_ms": t, "ref_ms": r,
+                     "other_ms": o, "triton_GBps": nbytes / t / 1e6})
+
+    for name, dtype in DTYPES.items():
+        es = torch.empty((), dtype=dtype).element_size()
+        for batch in (1, 4):
+            a = scan_inputs(batch, LENGTH, dtype, dev)
+            nbytes = batch * LENGTH * (4 * ED + 2 * N_STATE) * es + 2 * batch * ED * N_STATE * 4
+            other = others.get("selective_scan")
+            row("selective_scan", f"Bt={batch} L={LENGTH}", name,
+                lambda a=a: triton_scan.selective_scan(**a),
+                lambda a=a: selective_scan_ref(**a),
+                (lambda a=a, f=other: f(a)) if other else None, nbytes)
+            c = conv_inputs(batch, LENGTH, dtype, dev)
+            other = others.get("causal_conv1d")
+            row("causal_conv1d", f"Bt={batch} L={LENGTH}", name,
+                lambda c=c: triton_conv.causal_conv1d(**c),
+                lambda c=c: causal_conv1d_ref(**c),
+                (lambda c=c, f=other: f(c)) if other else None, 2 * batch * ED * LENGTH * es)
+        for batch in (1, 8):
+            s = step_inputs(batch, dtype, dev)
+            other = others.get("selective_state_update")
+            row("selective_state_update", f"Bt={batch}", name,
+                lambda s=s: triton_state_update.selective_state_update(**s),
+                lambda s=s: selective_state_update_ref(**s),
+                (lambda s=s, f=other: f(s)) if other else None, 2 * batch * ED * N_STATE * 4)
+            c = conv_inputs(batch, 1, dtype, dev)
+            u = {"x": c["x"][..., 0].contiguous(), "weight": c["weight"], "bias": c["bias"],
+                 "conv_state": torch.zeros(batch, ED, WIDTH - 1, dtype=dtype, device=dev)}
+            other = others.get("causal_conv1d_update")
+            row("causal_conv1d_update", f"Bt={batch}", name,
+                lambda u=u: triton_conv.causal_conv1d_update(**u),
+                lambda u=u: causal_conv1d_update_ref(**u),
+                (lambda u=u, f=other: f(u)) if other else None, 2 * batch * ED * WIDTH * es)
+
+    print(f"device: {torch.cuda.get_device_name()}; {_versions()}; {platform.python_version()}")
+    print(f"sizes: ED={ED} N={N_STATE} K={WIDTH}; median of triton.testing.do_bench")
+    print(f"{'op':24s} {'shape':14s} {'dtype':5s} {'triton ms':>10s} {'GB/s':>7s} "
+          f"{'ref ms':>9s} {'ref/tri':>8s} {'other ms':>9s} {'other/tri':>9s}")
+    for r in rows:
+        o = r["other_ms"]
+        print(f"{r['op']:24s} {r['shape']:14s} {r['dtype']:5s} {r['triton_ms']:10.4f} "
+              f"{r['triton_GBps']:7.0f} {r['ref_ms']:9.3f} {r['ref_ms'] / r['triton_ms']:8.1f} "
+              + (f"{o:9.4f} {o / r['triton_ms']:9.2f}" if o is not None else f"{'-':>9s} {'-':>9s}"))
+
+    if sweep:
+        print("\nselective_scan block sweep (bf16, Bt=1, L=2048): BLOCK_D BLOCK_L warps -> ms")
+        a = scan_inputs(1, LENGTH, torch.bfloat16, dev)
+        for block_d, block_l, warps in [(2, 32, 4), (4, 16, 4), (4, 32, 4), (8, 16, 4), (4, 64, 4),
+                                        (4, 64, 8), (8, 32, 8), (16, 32, 8), (8, 64, 8)]:
+            ms = _time_ms(lambda bd=block_d, bl=block_l, w=warps: triton_scan.selective_scan(
+                **a, block_d=bd, block_l=bl, num_warps=w))
+            print(f"  {block_d:3d} {block_l:3d} {warps:2d} -> {ms:.4f}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compile-report", action="store_true",
+                        help="compile for sm_80/sm_90 and report registers and spills (no GPU)")
+    parser.add_argument("--sm", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON line")
+    parser.add_argument("--sweep", action="store_true", help="also sweep the scan's block sizes")
+    ns = parser.parse_args(argv)
+    if ns.compile_report:
+        rows = compile_report(tuple(ns.sm), tuple(ns.dtypes))
+        if ns.json:
+            print("ROWS " + json.dumps(rows))
+        else:
+            _print_compile_report(rows)
+        return 1 if any("error" in r for r in rows) else 0
+    if not torch.cuda.is_available():
+        print("no CUDA device: timings need a GPU (try --compile-report)", file=sys.stderr)
+        return 2
+    rows = bench(sweep=ns.sweep)
+    if ns.json:
+        print("ROWS " + json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
