@@ -7,7 +7,7 @@ worker. A task typed before either is ready waits for it, with a note in the ans
 A run is one exclusive worker consuming the launcher's event stream. Each event is folded into
 a :class:`~maestro.tui.run_state.RunView` and only the regions it changed are redrawn; text
 deltas go to the answer bubble's buffer, which repaints on a timer (see ``ChatMessage``).
-Cancelling (Ctrl+X) cancels the worker, which cancels the run; an approval modal still open
+Cancelling (Escape) cancels the worker, which cancels the run; an approval modal still open
 is withdrawn as a denial. Thread loads are exclusive workers too, and a load that finishes
 after the user has moved to another thread is dropped.
 """
@@ -66,9 +66,11 @@ class MaestroApp(App[None]):
 
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "Maestro"
+    #: Measures generation speed; a class attribute so snapshot tests can freeze it.
+    clock: ClassVar[Callable[[], float]] = time.monotonic
     COMMANDS: ClassVar[set[Any]] = App.COMMANDS | {MaestroCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+x", "cancel_run", "Cancel run"),
+        Binding("escape", "cancel_run", "Cancel run"),  # ctrl+x is "cut" in the input
         Binding("ctrl+n", "new_thread", "New thread"),
         Binding("f2", "open_memory", "Memory"),
         Binding("f3", "open_documents", "Documents"),
@@ -180,7 +182,7 @@ class MaestroApp(App[None]):
 
     def switch_thread(self, thread_id: str) -> None:
         if self.run_active:
-            self.notify("A run is in progress: Ctrl+X cancels it.", severity="warning")
+            self.notify("A run is in progress: Escape cancels it.", severity="warning")
             return
         self.thread_id = thread_id
         self.load_thread(thread_id)
@@ -205,7 +207,7 @@ class MaestroApp(App[None]):
 
     def action_new_thread(self) -> None:
         if self.run_active:
-            self.notify("A run is in progress: Ctrl+X cancels it.", severity="warning")
+            self.notify("A run is in progress: Escape cancels it.", severity="warning")
             return
         self.thread_id = None
         self._start_fresh_thread()
@@ -226,7 +228,7 @@ class MaestroApp(App[None]):
     @on(PromptInput.TaskSubmitted)
     def _task_submitted(self, event: PromptInput.TaskSubmitted) -> None:
         if self.run_active:
-            self.notify("A run is in progress: wait for it or cancel it with Ctrl+X.")
+            self.notify("A run is in progress: wait for it or cancel it with Escape.")
             return
         self._run_worker = self.run_task(event.text)
 
@@ -253,7 +255,7 @@ class MaestroApp(App[None]):
     def resume(self, run: RunInfo) -> None:
         """Continue an interrupted run (finished steps are replayed, not redone)."""
         if self.run_active:
-            self.notify("A run is in progress: Ctrl+X cancels it.", severity="warning")
+            self.notify("A run is in progress: Escape cancels it.", severity="warning")
             return
         self._run_worker = self.run_task(run.task, resume_run_id=run.id)
 
@@ -382,7 +384,7 @@ class MaestroApp(App[None]):
         self._show_stats()
 
     def _count_token(self, text: str) -> None:
-        now = time.monotonic()
+        now = type(self).clock()
         self._tokens += 1
         if self._first_token is None:
             self._first_token = now
@@ -427,7 +429,7 @@ class MaestroApp(App[None]):
             self.notify("This session cannot switch models.", severity="warning")
             return
         if self.run_active:
-            self.notify("A run is in progress: Ctrl+X cancels it.", severity="warning")
+            self.notify("A run is in progress: Escape cancels it.", severity="warning")
             return
         self.stats = ModelStats(name)
         self.model = None

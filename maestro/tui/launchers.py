@@ -39,6 +39,7 @@ from maestro.events import (
 )
 from maestro.llm.base import Model, ResponseDoneEvent, TextDeltaEvent
 from maestro.messages import ModelRequestOptions, ModelResponse, UserMessage
+from maestro.requirements import Requirement
 from maestro.runs import RunRecord, RunStatus
 from maestro.tool import Tool
 from maestro.tui.services import RunLauncher, RunRequest
@@ -129,8 +130,10 @@ def agent_available() -> bool:
     return importlib.util.find_spec("maestro.agent") is not None
 
 
-def agent_launcher(tools: Sequence[Tool] = ()) -> RunLauncher:
-    """A launcher that runs the full Maestro loop with ``tools``.
+def agent_launcher(
+    tools: Sequence[Tool] = (), requirements: Sequence[Requirement] = ()
+) -> RunLauncher:
+    """A launcher that runs the full Maestro loop with ``tools`` and ``requirements``.
 
     The agent is built per run so the budget preset chosen in the palette applies to the
     next task, with the TUI's approval callback and run store. ``Agent.resume`` returns a
@@ -144,6 +147,7 @@ def agent_launcher(tools: Sequence[Tool] = ()) -> RunLauncher:
         agent = Agent(
             model=model,
             tools=list(tools),
+            requirements=list(requirements),
             budget=request.budget,
             approval=request.approve,
             store=request.run_store,
@@ -160,13 +164,14 @@ def agent_launcher(tools: Sequence[Tool] = ()) -> RunLauncher:
 
 async def _resume(agent: Any, run_id: str, task: str) -> AsyncGenerator[Event, None]:
     yield RunStarted(run_id=run_id, task=task, agent_name=agent.name, resumed=True)
-    get_events = getattr(agent.store, "get_events", None)
-    if callable(get_events):
-        for _, data in await get_events(run_id):
-            event = event_from_dict(data)
-            if event is not None and not isinstance(event, RunStarted | RunFinished):
-                yield event
+    seen = 0
+    async for event_id, event in _stored_events(agent.store, run_id, after=0):
+        seen = event_id
+        yield event
     result = await agent.resume(run_id)
+    # What the resumed part did, from the journal (resume itself does not stream).
+    async for _, event in _stored_events(agent.store, run_id, after=seen):
+        yield event
     yield BudgetUpdate(run_id=run_id, usage=result.usage.to_dict(), limits={})
     yield RunFinished(
         run_id=run_id,
@@ -174,6 +179,19 @@ async def _resume(agent: Any, run_id: str, task: str) -> AsyncGenerator[Event, N
         finish_reason=result.finish_reason,
         status=result.status,
     )
+
+
+async def _stored_events(
+    store: Any, run_id: str, *, after: int
+) -> AsyncGenerator[tuple[int, Event], None]:
+    """Events the store journaled for ``run_id`` (stores without ``get_events`` have none)."""
+    get_events = getattr(store, "get_events", None)
+    if not callable(get_events):
+        return
+    for event_id, data in await get_events(run_id, after_id=after):
+        event = event_from_dict(data)
+        if event is not None and not isinstance(event, RunStarted | RunFinished):
+            yield event_id, event
 
 
 _EVENT_TYPES: dict[str, type[Event]] = {
@@ -207,9 +225,11 @@ def event_from_dict(data: dict[str, Any]) -> Event | None:
         return None
 
 
-def default_launcher(tools: Sequence[Tool] = ()) -> RunLauncher:
+def default_launcher(
+    tools: Sequence[Tool] = (), requirements: Sequence[Requirement] = ()
+) -> RunLauncher:
     """The agent loop when available, else a plain streamed chat turn."""
-    return agent_launcher(tools) if agent_available() else chat_launcher
+    return agent_launcher(tools, requirements) if agent_available() else chat_launcher
 
 
 __all__ = [

@@ -13,6 +13,8 @@ required" (seen on a database-backed run), losing the end of the answer.
 
 from __future__ import annotations
 
+import time
+
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Markdown
@@ -24,6 +26,7 @@ class ChatMessage(Markdown):
     """A user, assistant or error message."""
 
     FLUSH_INTERVAL = 0.05
+    BACKOFF = 4.0
 
     def __init__(self, role: str, content: str = "", *, streaming: bool = False) -> None:
         super().__init__(content, classes=f"message {role}")
@@ -32,6 +35,7 @@ class ChatMessage(Markdown):
         self._text = content
         self._pending: list[str] = []
         self._timer: Timer | None = None
+        self._next_flush = 0.0
         self.border_title = ROLE_TITLES.get(role, role)
 
     def on_mount(self) -> None:
@@ -48,12 +52,17 @@ class ChatMessage(Markdown):
         self._pending.append(fragment)
 
     async def _flush(self) -> None:
-        if not self._pending:
+        if not self._pending or time.monotonic() < self._next_flush:
             return
         chunk = "".join(self._pending)
         self._pending.clear()
         self._text += chunk
+        started = time.monotonic()
         await self.append(chunk)
+        cost = time.monotonic() - started
+        # Re-parsing grows with the answer; never spend more than ~1/(1+BACKOFF) of the
+        # loop's time repainting, whatever the flush interval says.
+        self._next_flush = started + cost * (1 + self.BACKOFF)
         self.post_message(self.Flushed(self))
 
     async def reset(self) -> None:
