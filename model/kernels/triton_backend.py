@@ -1,8 +1,13 @@
 """The "triton" kernel backend: ``OPS`` maps op names to the Triton kernels, as torch custom ops.
 
 :mod:`model.kernels.dispatch` imports this module (and so Triton) only when the Triton backend is
-selected for a CUDA device; importing :mod:`model.kernels` never does. Ops missing here
-(``mamba_decode_step``) fall back to the reference per op.
+selected for a CUDA device; importing :mod:`model.kernels` never does.
+
+``mamba_decode_step`` here is COMPOSED, not fused: the Triton conv update and state update with
+the small x_proj / RMSNorm / dt_proj steps in PyTorch between them (fp32, as the reference), so
+that GPU decoding runs on the Triton kernels rather than on the reference's Python-level ops.
+A single fused Triton kernel for it (the x_proj reduction over all channels sits between the two
+halves) is future work.
 
 Each op is a ``torch.library.custom_op`` in the ``model_triton`` namespace with a fake (meta)
 implementation, so ``torch.compile`` traces the model through them as opaque calls; the state
@@ -138,9 +143,39 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
     return _causal_conv1d_update(x, conv_state, weight, bias, _silu_flag(activation))
 
 
+def _rms_norm(v: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    if weight is None:
+        return v
+    return weight.float() * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                      dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight=None, b_norm_weight=None,
+                      c_norm_weight=None, norm_eps=1e-6):
+    """The mixer for one token on the Triton kernels; contract of
+    :func:`model.kernels.mamba_decode_step_ref` (``conv_state``, ``ssm_state`` updated in place).
+
+    Shapes: x, z (Bt, ED); conv_state (Bt, ED, K-1); ssm_state (Bt, ED, N) fp32; x_proj_weight
+    (R+2N, ED); dt_proj_weight (ED, R). Returns y (Bt, ED) in ``x.dtype``.
+    """
+    n_state = A.shape[1]
+    rank = dt_proj_weight.shape[1]
+    u = causal_conv1d_update(x.float(), conv_state, conv_weight, conv_bias, "silu")  # (Bt, ED)
+    p = torch.nn.functional.linear(u, x_proj_weight.float())  # (Bt, R+2N)
+    dt, B, C = torch.split(p, [rank, n_state, n_state], dim=-1)
+    dt = _rms_norm(dt, dt_norm_weight, norm_eps)
+    B = _rms_norm(B, b_norm_weight, norm_eps)
+    C = _rms_norm(C, c_norm_weight, norm_eps)
+    delta = torch.nn.functional.linear(dt, dt_proj_weight.float())  # (Bt, ED)
+    y = selective_state_update(ssm_state, u, delta, A, B, C, D, z, dt_bias=dt_proj_bias,
+                               dt_softplus=True)
+    return y.to(x.dtype)
+
+
 OPS: dict[str, Callable[..., Any]] = {
     "causal_conv1d": causal_conv1d,
     "causal_conv1d_update": causal_conv1d_update,
+    "mamba_decode_step": mamba_decode_step,
     "selective_scan": selective_scan,
     "selective_state_update": selective_state_update,
 }

@@ -39,6 +39,7 @@ import torch
 from model.kernels import (
     causal_conv1d_ref,
     causal_conv1d_update_ref,
+    mamba_decode_step_ref,
     selective_scan_ref,
     selective_state_update_ref,
 )
@@ -46,6 +47,7 @@ from model.kernels import (
 ROOT = Path(__file__).resolve().parents[2]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WIDTH_TINY = 4  # conv width (d_conv) of the decode-step case
 
 # ---------------------------------------------------------------------------------------------
 # Inputs and comparisons, shared by the interpreter cases and the GPU tests.
@@ -224,6 +226,33 @@ def check_conv_update(fn, batch, channels, width, state_len, dtype, device="cpu"
     return {"y": _errors(y, y32, y_low), "state": _errors(state, s32, None)}
 
 
+def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, device="cpu"):
+    """The backend's whole-mixer decode step vs the reference over a few tokens (states carried)."""
+    r = _gen(4, device)
+    weights = dict(
+        conv_weight=r(channels, WIDTH_TINY).to(dtype), conv_bias=r(channels).to(dtype),
+        x_proj_weight=r(rank + 2 * n_state, channels, scale=0.3).to(dtype),
+        dt_proj_weight=r(channels, rank, scale=0.3).to(dtype),
+        dt_proj_bias=r(channels, scale=0.1).to(dtype), A=-torch.exp(r(channels, n_state)),
+        D=r(channels), dt_norm_weight=r(rank).to(dtype), b_norm_weight=r(n_state).to(dtype),
+        c_norm_weight=r(n_state).to(dtype),
+    )
+    xs, zs = r(steps, batch, channels).to(dtype), r(steps, batch, channels).to(dtype)
+    conv0, ssm0 = r(batch, channels, WIDTH_TINY - 1).to(dtype), r(batch, channels, n_state)
+    states = {"ours": (conv0.clone(), ssm0.clone()), "low": (conv0.clone(), ssm0.clone()),
+              "32": (conv0.float().clone(), ssm0.clone())}
+    ys: dict[str, list[torch.Tensor]] = {k: [] for k in states}
+    for t in range(steps):
+        for key, (conv, ssm) in states.items():
+            w = _upcast(weights) if key == "32" else weights
+            x, z = (xs[t].float(), zs[t].float()) if key == "32" else (xs[t], zs[t])
+            step = fn if key == "ours" else mamba_decode_step_ref
+            ys[key].append(step(x, z, conv, ssm, **w))
+    stacked = {k: torch.stack(v, -1) for k, v in ys.items()}
+    return {"y": _errors(stacked["ours"], stacked["32"], stacked["low"]),
+            "conv_state": _errors(states["ours"][0], states["32"][0], None),
+            "ssm_state": _errors(states["ours"][1], states["32"][1], None)}
+
 # ---------------------------------------------------------------------------------------------
 # The interpreter cases: name -> what to run, given the Triton module functions.
 
@@ -270,6 +299,9 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
                                                  torch.float32)
     c["backend_ops_conv_update"] = lambda t: check_conv_update(
         t["ops"]["causal_conv1d_update"], 1, 8, 4, 3, torch.float32)
+    for name in ("fp32", "bf16"):
+        c[f"backend_ops_mamba_decode_step_{name}"] = lambda t, d=DTYPES[name]: (
+            check_mamba_decode_step(t["ops"]["mamba_decode_step"], 2, 16, 8, 3, d))
     return c
 
 
@@ -349,7 +381,8 @@ def test_triton_backend_is_what_dispatch_loads_for_cuda() -> None:
     assert backend.device_types == ("cuda",)
     assert dispatch.AUTO_PREFERENCE["cuda"][0] == "triton"
     source = (ROOT / "model/kernels/triton_backend.py").read_text()
-    for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update"):
+    for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update",
+               "mamba_decode_step"):
         assert f'"{op}": {op},' in source
 
 
@@ -435,7 +468,8 @@ def test_gpu_dispatcher_picks_triton() -> None:
     with kernels.use("auto"):
         assert kernels.active_backend("cuda") == "triton"
         backends = kernels.op_backends("cuda")
-    for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update"):
+    for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update",
+               "mamba_decode_step"):
         assert backends[op] == "triton", backends
 
 
