@@ -253,6 +253,27 @@ def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, 
             "conv_state": _errors(states["ours"][0], states["32"][0], None),
             "ssm_state": _errors(states["ours"][1], states["32"][1], None)}
 
+def check_custom_ops_opcheck() -> dict[str, Any]:
+    """torch.library.opcheck on the backend's custom ops: schema, declared mutations, fake
+    (meta) kernels and AOT dispatch, i.e. what ``torch.compile`` relies on. Raises on failure."""
+    ops = torch.ops.model_triton
+    a = _scan_args(1, 4, 4, 5, torch.float32)
+    s = _step_args(1, 4, 4, torch.float32)
+    c = _conv_args(1, 4, 5, 4, torch.float32)
+    calls = {
+        "selective_scan": (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"],
+                           a["delta_bias"], True, a["initial_state"]),
+        "selective_state_update": tuple(s.values()),
+        "causal_conv1d": (c["x"], c["weight"], c["bias"], c["initial_state"], True),
+        "causal_conv1d_update": (c["x"][..., 0].contiguous(), c["initial_state"].clone(),
+                                 c["weight"], c["bias"], True),
+    }
+    for name, args in calls.items():
+        report = torch.library.opcheck(getattr(ops, name).default, args)
+        assert set(report.values()) == {"SUCCESS"}, (name, report)
+    return {}
+
+
 # ---------------------------------------------------------------------------------------------
 # The interpreter cases: name -> what to run, given the Triton module functions.
 
@@ -299,6 +320,7 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
                                                  torch.float32)
     c["backend_ops_conv_update"] = lambda t: check_conv_update(
         t["ops"]["causal_conv1d_update"], 1, 8, 4, 3, torch.float32)
+    c["backend_custom_ops_pass_opcheck"] = lambda t: check_custom_ops_opcheck()
     for name in ("fp32", "bf16"):
         c[f"backend_ops_mamba_decode_step_{name}"] = lambda t, d=DTYPES[name]: (
             check_mamba_decode_step(t["ops"]["mamba_decode_step"], 2, 16, 8, 3, d))
