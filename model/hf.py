@@ -34,7 +34,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -233,10 +233,22 @@ def build_model(
 
 # ---------------------------------------------------------------------- safetensors, mmap'd
 def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors file as zero-copy views of a private (copy-on-write) mmap.
+    """All tensors of a .safetensors file as zero-copy views of a private (copy-on-write) mmap."""
+    return dict(iter_safetensors(path))
 
-    Validates the header and every tensor's byte range against the file size, so a truncated
-    download fails here with the file and the first tensor that does not fit.
+
+def iter_safetensors(
+    path: str | os.PathLike[str], release_pages: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` views of a private mmap of a .safetensors file.
+
+    The header and every tensor's byte range are validated against the file size before the
+    first tensor is yielded, so a truncated download fails with the file and the first tensor
+    that does not fit, and nothing has been built from it. With ``release_pages`` each tensor's
+    whole pages are dropped from this process (MADV_DONTNEED) once the consumer asks for the
+    next one: the consumer has converted or copied it by then, or still aliases it, in which
+    case the clean file pages simply fault in again on use. This keeps converting loads (e.g. an
+    fp32 file into bf16, or experts stacked into one tensor) from holding file and copy at once.
     """
     path = str(path)
     try:
@@ -259,7 +271,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"corrupt safetensors header: {exc}", file=path) from exc
         base = 8 + header_len
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > base else None
-    out: dict[str, torch.Tensor] = {}
+    entries = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -269,8 +281,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         shape = tuple(info["shape"])
         start, end = info["data_offsets"]
         numel = math.prod(shape)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        if end - start != nbytes:
+        if end - start != numel * torch.empty((), dtype=dtype).element_size():
             raise CheckpointError(
                 f"byte range {start}..{end} does not hold shape {shape} of {info['dtype']}",
                 file=path, tensor=name,
@@ -281,11 +292,16 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 f"but the file has {size} bytes",
                 file=path, tensor=name,
             )
+        entries.append((name, dtype, shape, numel, base + start, base + end))
+    page = mmap.PAGESIZE
+    for name, dtype, shape, numel, lo, hi in entries:
         if numel == 0 or mm is None:
-            out[name] = torch.empty(shape, dtype=dtype)
-        else:
-            out[name] = torch.frombuffer(mm, dtype=dtype, count=numel, offset=base + start).view(shape)
-    return out
+            yield name, torch.empty(shape, dtype=dtype)
+            continue
+        yield name, torch.frombuffer(mm, dtype=dtype, count=numel, offset=lo).view(shape)
+        first, last = -(-lo // page) * page, hi // page * page  # whole pages inside the tensor
+        if release_pages and last > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _weight_files(root: Path) -> list[Path]:
@@ -345,7 +361,7 @@ def load_hf_dir(
 
     def tensors() -> Iterable[tuple[str, torch.Tensor]]:
         for file in files:
-            for name, t in read_safetensors(file).items():
+            for name, t in iter_safetensors(file, release_pages=True):
                 origin[name] = str(file)
                 yield name, t
 

@@ -138,6 +138,9 @@ def test_moe_spelling_and_fused_experts_load_the_same(checkpoint_factory, kernel
             [torch.cat([tensors[f"{p}.{j}.gate_proj.weight"], tensors[f"{p}.{j}.up_proj.weight"]]) for j in e])
         fused[f"{p}.down_proj"] = torch.stack([tensors[f"{p}.{j}.down_proj.weight"] for j in e])
     assert torch.equal(_logits(build_model(config, fused), config.vocab_size), want)
+    # transformers 5 keeps fused experts in memory: its state_dict() loads directly too.
+    in_memory = build_model(config, ckpt.reference.state_dict())
+    assert torch.equal(_logits(in_memory, config.vocab_size), want)
 
 
 def test_missing_expert_is_named(checkpoint_factory):
@@ -158,3 +161,46 @@ def test_not_a_directory_and_no_weights(tmp_path, ckpt_dir):
     with pytest.raises(CheckpointError, match=r"no model\.safetensors") as info:
         load_hf_dir(ckpt_dir)
     assert info.value.file == str(ckpt_dir / "model.safetensors")
+
+
+_RSS_PROBE = """
+import json, sys, torch
+torch.set_num_threads(1)
+from model.hf import load_hf_dir
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+base = status("VmRSS")
+model = load_hf_dir(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+touched = sum(float(p.sum()) for p in model.parameters())  # fault every page in
+weights = sum(p.nbytes for p in model.parameters())
+print(json.dumps({"growth": status("VmHWM") - base, "weights": weights}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_peak_rss_of_loading_stays_near_the_weight_bytes(tmp_path, dtype):
+    """Meta-device build + mmap: loading never holds a second copy of the weights."""
+    import subprocess
+    import sys
+
+    import transformers
+
+    cfg = transformers.JambaConfig(
+        vocab_size=16000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, attn_layer_period=4, attn_layer_offset=2,
+        num_experts=4,
+    )
+    transformers.JambaForCausalLM(cfg).save_pretrained(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, str(tmp_path), dtype],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = result["growth"] / result["weights"]
+    print(f"{dtype}: weights {result['weights'] / 2**20:.1f} MiB, peak RSS growth "
+          f"{result['growth'] / 2**20:.1f} MiB, ratio {ratio:.2f}")
+    assert ratio < 1.5
