@@ -58,7 +58,7 @@ def _jamba_hf_config(quick: bool) -> dict[str, Any]:
         "expert_layer_offset": 1, "num_experts": cfg.num_experts,
         "num_experts_per_tok": cfg.num_experts_per_tok, "mamba_d_state": cfg.mamba_d_state,
         "mamba_d_conv": cfg.mamba_d_conv, "mamba_expand": cfg.mamba_expand,
-        "max_position_embeddings": 16384, "use_mamba_kernels": False, "tie_word_embeddings": False,
+        "max_position_embeddings": 16384, "tie_word_embeddings": False,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
     }
 

@@ -190,3 +190,97 @@ print(json.dumps({{"before": before, "peak": peak, "weights": weights}}))
     print(f"load peak RSS growth {growth / 2**20:.0f} MiB, weights {stats['weights'] / 2**20:.0f} MiB, "
           f"ratio {growth / stats['weights']:.2f}")
     assert growth < 2 * stats["weights"]
+
+
+_JAMBA_GGUF = {
+    "input_layernorm.weight": "attn_norm.weight", "pre_ff_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "mamba.in_proj.weight": "ssm_in.weight", "mamba.conv1d.bias": "ssm_conv1d.bias",
+    "mamba.x_proj.weight": "ssm_x.weight", "mamba.dt_proj.weight": "ssm_dt.weight",
+    "mamba.dt_proj.bias": "ssm_dt.bias", "mamba.D": "ssm_d", "mamba.out_proj.weight": "ssm_out.weight",
+    "mamba.dt_layernorm.weight": "ssm_dt_norm.weight", "mamba.b_layernorm.weight": "ssm_b_norm.weight",
+    "mamba.c_layernorm.weight": "ssm_c_norm.weight", "feed_forward.router.weight": "ffn_gate_inp.weight",
+    "feed_forward.gate_proj.weight": "ffn_gate.weight", "feed_forward.up_proj.weight": "ffn_up.weight",
+    "feed_forward.down_proj.weight": "ffn_down.weight",
+}
+
+
+def _write_jamba_gguf(path: Path, hf_cfg: dict, state: dict[str, torch.Tensor]) -> None:
+    """A Jamba GGUF laid out as llama.cpp's converter writes one: A = -exp(A_log), conv weight
+    squeezed to (ED, K), experts stacked, per-layer KV head counts (0 = Mamba layer)."""
+    from tests.model._io_fixtures import tiny_vocab
+
+    n = hf_cfg["num_hidden_layers"]
+    writer = gguf.GGUFWriter(str(path), "jamba")
+    writer.add_block_count(n)
+    writer.add_context_length(hf_cfg["max_position_embeddings"])
+    writer.add_embedding_length(hf_cfg["hidden_size"])
+    writer.add_feed_forward_length(hf_cfg["intermediate_size"])
+    writer.add_head_count(hf_cfg["num_attention_heads"])
+    period, offset = hf_cfg["attn_layer_period"], hf_cfg["attn_layer_offset"]
+    writer.add_head_count_kv([hf_cfg["num_key_value_heads"] if i % period == offset else 0 for i in range(n)])
+    writer.add_ssm_conv_kernel(hf_cfg["mamba_d_conv"])
+    writer.add_ssm_inner_size(hf_cfg["mamba_expand"] * hf_cfg["hidden_size"])
+    writer.add_ssm_state_size(hf_cfg["mamba_d_state"])
+    writer.add_ssm_time_step_rank(state["model.layers.0.mamba.dt_proj.weight"].shape[1])
+    writer.add_layer_norm_rms_eps(hf_cfg.get("rms_norm_eps", 1e-6))
+    writer.add_expert_count(hf_cfg["num_experts"])
+    writer.add_expert_used_count(hf_cfg["num_experts_per_tok"])
+    tokens, types, merges = tiny_vocab()
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    top = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
+           "model.final_layernorm.weight": "output_norm.weight"}
+    for name, tensor in state.items():
+        array = tensor.detach().float().numpy()
+        if name in top:
+            writer.add_tensor(top[name], np.ascontiguousarray(array))
+            continue
+        layer, local = name.removeprefix("model.layers.").split(".", 1)
+        blk = f"blk.{layer}."
+        if local == "mamba.A_log":
+            writer.add_tensor(blk + "ssm_a", -np.exp(array))
+        elif local == "mamba.conv1d.weight":
+            writer.add_tensor(blk + "ssm_conv1d.weight", np.ascontiguousarray(array[:, 0, :]))
+        elif local == "feed_forward.experts.gate_up_proj":  # (E, 2I, D): gate rows, then up rows
+            inter = array.shape[1] // 2
+            writer.add_tensor(blk + "ffn_gate_exps.weight", np.ascontiguousarray(array[:, :inter]))
+            writer.add_tensor(blk + "ffn_up_exps.weight", np.ascontiguousarray(array[:, inter:]))
+        elif local == "feed_forward.experts.down_proj":
+            writer.add_tensor(blk + "ffn_down_exps.weight", np.ascontiguousarray(array))
+        else:
+            writer.add_tensor(blk + _JAMBA_GGUF[local], np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_jamba_gguf_matches_transformers(tmp_path):
+    from transformers import JambaConfig, JambaForCausalLM
+
+    from tests.model._io_fixtures import tiny_vocab
+
+    hf_cfg = {
+        "vocab_size": len(tiny_vocab()[0]), "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "attn_layer_period": 4, "attn_layer_offset": 2, "expert_layer_period": 2,
+        "expert_layer_offset": 1, "num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 8,
+        "mamba_d_conv": 4, "mamba_expand": 2, "max_position_embeddings": 512,
+        "tie_word_embeddings": False, "rms_norm_eps": 1e-6,
+    }
+    torch.manual_seed(0)
+    ref = JambaForCausalLM(JambaConfig(**hf_cfg)).eval()
+    path = tmp_path / "jamba.gguf"
+    _write_jamba_gguf(path, hf_cfg, ref.state_dict())
+    ours, _ = load_gguf(path)
+    assert [s.mixer for s in ours.config.layers].count("attention") == 2
+    assert [s.ffn for s in ours.config.layers].count("moe") == 4
+    ids = torch.randint(0, hf_cfg["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        err = (ours(ids) - ref(ids).logits).abs()
+    print(f"tiny Jamba GGUF vs transformers: max {err.max():.2e} mean {err.mean():.2e}")
+    assert err.max() <= 1e-4
