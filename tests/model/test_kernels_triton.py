@@ -274,6 +274,37 @@ def check_custom_ops_opcheck() -> dict[str, Any]:
     return {}
 
 
+def check_model_on_triton_backend(backend_ops: dict[str, Any]) -> dict[str, Any]:
+    """The real Mamba mixer (model/mamba.py: x/z chunk views, transposed B/C, cache states) on
+    the Triton backend, registered for the CPU under the interpreter: a 2-layer Jamba (mamba,
+    attention; ED = 16, N = 8). Prefill 11 tokens + 3 decode steps vs one reference forward."""
+    from model import kernels
+    from model.config import ModelConfig, jamba_layers
+    from model.transformer import CausalLM
+
+    cfg = ModelConfig(
+        layers=jamba_layers(2, 2, 1, 2, 1, num_experts=1), vocab_size=32, hidden_size=8,
+        intermediate_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+        mamba_d_state=8,
+    )
+    torch.manual_seed(0)
+    model = CausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    ids = torch.randint(0, 32, (2, 14))
+    kernels.register_backend("triton-interpreter", lambda: backend_ops, ("cpu",))
+    with torch.no_grad():
+        with kernels.use("ref"):
+            want = model(ids).float()
+        with kernels.use("triton-interpreter"):
+            assert kernels.op_backends("cpu")["selective_scan"] == "triton-interpreter"
+            cache = model.new_cache(2, 14)
+            got = torch.cat([model(ids[:, :11], cache)] + [
+                model(ids[:, t : t + 1], cache) for t in range(11, 14)], dim=1).float()
+    return {"logits": _errors(got, want, None)}
+
+
 # ---------------------------------------------------------------------------------------------
 # The interpreter cases: name -> what to run, given the Triton module functions.
 
@@ -320,6 +351,7 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
                                                  torch.float32)
     c["backend_ops_conv_update"] = lambda t: check_conv_update(
         t["ops"]["causal_conv1d_update"], 1, 8, 4, 3, torch.float32)
+    c["model_jamba_on_triton_backend_fp32"] = lambda t: check_model_on_triton_backend(t["ops"])
     c["backend_custom_ops_pass_opcheck"] = lambda t: check_custom_ops_opcheck()
     for name in ("fp32", "bf16"):
         c[f"backend_ops_mamba_decode_step_{name}"] = lambda t, d=DTYPES[name]: (
