@@ -74,19 +74,20 @@ class MoE(nn.Module):
 
         flat_experts = experts.reshape(-1)  # (S,)
         order = torch.argsort(flat_experts, stable=True)  # slots grouped by expert
-        token_of_slot = order // self.top_k  # (S,)
         counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
-        routed = x.index_select(0, token_of_slot)  # (S, D)
+        routed = x.index_select(0, order // self.top_k)  # (S, D), token of each sorted slot
 
-        outputs = []
+        # Each expert writes its rows of one preallocated buffer: no torch.cat.
+        y = torch.empty_like(routed)  # (S, D)
         start = 0
         for e, count in enumerate(counts):
             if count == 0:
                 continue
             xe = routed[start : start + count]  # (count, D)
             h = F.silu(xe @ self.gate_proj[e].t()) * (xe @ self.up_proj[e].t())  # (count, I)
-            outputs.append(h @ self.down_proj[e].t())  # (count, D)
+            torch.mm(h, self.down_proj[e].t(), out=y[start : start + count])
             start += count
-        y = torch.cat(outputs) * weights.reshape(-1)[order, None]  # (S, D)
-        out = torch.zeros_like(x).index_add_(0, token_of_slot, y)
+        # Undo the sort with a gather (not a scatter-add): every token owns exactly k slots.
+        y = y.index_select(0, torch.argsort(order)).view(-1, self.top_k, shape[-1])  # (B*L, k, D)
+        out = (y * weights[..., None]).sum(dim=1)  # (B*L, D)
         return out.reshape(shape)

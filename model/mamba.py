@@ -50,6 +50,17 @@ class MambaMixer(nn.Module):
         self.dt_layernorm = RMSNorm(r, config.rms_norm_eps)
         self.b_layernorm = RMSNorm(n, config.rms_norm_eps)
         self.c_layernorm = RMSNorm(n, config.rms_norm_eps)
+        self._A_cache: torch.Tensor | None = None
+        self._A_key: tuple[int, int, torch.device] | None = None
+
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log) in fp32, computed once per A_log version instead of every call."""
+        key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.device)
+        if self._A_key != key:
+            self._A_cache = -torch.exp(self.A_log.detach().float())
+            self._A_key = key
+        assert self._A_cache is not None
+        return self._A_cache
 
     def forward(
         self, h: torch.Tensor, pad: torch.Tensor | None, state: MambaState | None
@@ -59,9 +70,12 @@ class MambaMixer(nn.Module):
         keep = None if pad is None else pad[:, None, :].to(h.dtype)  # (B, 1, L)
         if pad is not None:
             h = h * pad[..., None].to(h.dtype)
-        xz = self.in_proj(h).transpose(1, 2)  # (B, 2ED, L)
+        # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read, with no copy.
+        xz = self.in_proj.weight @ h.transpose(1, 2)  # (B, 2ED, L)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)  # (B, ED, L) each
-        A = -torch.exp(self.A_log.float())  # (ED, N)
+        A = self._A()  # (ED, N) fp32
 
         if state is not None and length == 1 and pad is None:
             y = kernels.mamba_decode_step(

@@ -70,6 +70,22 @@ def test_step_decode_and_chunked_prefill_equal_full_forward(name, models, kernel
             assert report(f"{name} chunk {chunk}", got, one_prefill) <= TOL
 
 
+@pytest.mark.parametrize("name", ["v01_pattern", "llama"])
+def test_logits_to_keep_returns_the_last_positions(name, models, kernel_backend):
+    model = models(name)
+    ids = tokens(model, 2, 20)
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(2, 24)
+        last = model(ids, cache, logits_to_keep=1)
+        assert last.shape == (2, 1, model.config.vocab_size)
+        assert report(f"{name} logits_to_keep", last, full[:, -1:]) <= TOL
+        assert cache.seq_len == 20  # the whole prompt went into the cache
+        assert model(ids[:, :3], logits_to_keep=5).shape == (2, 3, model.config.vocab_size)
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(ids, logits_to_keep=-1)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("chunk", [None, 7, 1])
 def test_left_padded_batch_equals_each_alone(name, chunk, models, kernel_backend):
