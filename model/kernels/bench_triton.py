@@ -5,7 +5,7 @@
     python -m model.kernels.bench_triton --compile-report   # NO GPU needed: registers / spills
 
 Timing table (GPU): each op at Jamba sizes (ED = 2048, N = 16, K = 4; prefill L = 2048, decode
-batch 1 and 8) and each input dtype, Triton vs our PyTorch reference vs mamba-ssm /
+batch 1 and 8) and each input dtype, plus the backend's composed ``mamba_decode_step``, Triton vs our PyTorch reference vs mamba-ssm /
 causal-conv1d when their wheels are installed, measured in the same run with
 ``triton.testing.do_bench`` (median ms), plus the effective bandwidth of the Triton kernel
 (bytes it must move / time). Ratios are per row against Triton. The machine and versions are
@@ -248,19 +248,25 @@ def _time_ms(fn: Callable[[], Any], slow: bool = False) -> float:
                           return_mode="median"))
 
 
-def bench(sweep: bool = False) -> list[dict[str, Any]]:
-    """Time each op on the current CUDA device; returns the table rows (and prints them)."""
+def bench(sweep: bool = False, device: str = "cuda",
+          timer: Callable[[Callable[[], Any], bool], float] | None = None) -> list[dict[str, Any]]:
+    """Time each op on ``device``; returns the table rows (and prints them).
+
+    ``timer(fn, slow) -> ms`` replaces ``triton.testing.do_bench`` (the test suite's smoke run
+    of this script under the interpreter passes one that just calls ``fn``).
+    """
     from model.kernels import triton_conv, triton_scan, triton_state_update
 
-    dev = torch.device("cuda")
+    dev = torch.device(device)
+    time_ms = timer or _time_ms
     others = _competitors()
     rows: list[dict[str, Any]] = []
 
     def row(op: str, shape: str, dtype: str, ours: Callable[[], Any], ref: Callable[[], Any],
             other: Callable[[], Any] | None, nbytes: int) -> None:
-        t = _time_ms(ours)
-        r = _time_ms(ref, slow=True)
-        o = _time_ms(other) if other is not None else None
+        t = time_ms(ours, False)
+        r = time_ms(ref, True)
+        o = time_ms(other, False) if other is not None else None
         rows.append({"op": op, "shape": shape, "dtype": dtype, "triton_ms": t, "ref_ms": r,
                      "other_ms": o, "triton_GBps": nbytes / t / 1e6})
 
@@ -296,7 +302,29 @@ def bench(sweep: bool = False) -> list[dict[str, Any]]:
                 lambda u=u: causal_conv1d_update_ref(**u),
                 (lambda u=u, f=other: f(u)) if other else None, 2 * batch * ED * WIDTH * es)
 
-    print(f"device: {torch.cuda.get_device_name()}; {_versions()}; {platform.python_version()}")
+    from model.kernels.mamba_decode import mamba_decode_step_ref
+    from model.kernels.triton_backend import mamba_decode_step
+
+    rank = 128
+    for name in ("fp32", "bf16"):
+        for batch in (1, 8):
+            s = step_inputs(batch, DTYPES[name], dev)
+            c = conv_inputs(batch, 1, DTYPES[name], dev)
+            d = dict(
+                x=s["x"], z=s["z"],
+                conv_state=torch.zeros(batch, ED, WIDTH - 1, dtype=DTYPES[name], device=dev),
+                ssm_state=s["state"], conv_weight=c["weight"], conv_bias=c["bias"],
+                x_proj_weight=torch.randn(rank + 2 * N_STATE, ED, device=dev).to(DTYPES[name]),
+                dt_proj_weight=torch.randn(ED, rank, device=dev).to(DTYPES[name]),
+                dt_proj_bias=s["dt_bias"], A=s["A"], D=s["D"],
+            )
+            row("mamba_decode_step", f"Bt={batch} R={rank}", name,
+                lambda d=d: mamba_decode_step(**d), lambda d=d: mamba_decode_step_ref(**d),
+                None,
+                2 * batch * ED * N_STATE * 4 + (2 * rank + 2 * N_STATE) * ED * DTYPES[name].itemsize)
+
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
+    print(f"device: {name}; {_versions()}; Python {platform.python_version()}")
     print(f"sizes: ED={ED} N={N_STATE} K={WIDTH}; median of triton.testing.do_bench")
     print(f"{'op':24s} {'shape':14s} {'dtype':5s} {'triton ms':>10s} {'GB/s':>7s} "
           f"{'ref ms':>9s} {'ref/tri':>8s} {'other ms':>9s} {'other/tri':>9s}")
@@ -307,12 +335,12 @@ def bench(sweep: bool = False) -> list[dict[str, Any]]:
               + (f"{o:9.4f} {o / r['triton_ms']:9.2f}" if o is not None else f"{'-':>9s} {'-':>9s}"))
 
     if sweep:
-        print("\nselective_scan block sweep (bf16, Bt=1, L=2048): BLOCK_D BLOCK_L warps -> ms")
+        print(f"\nselective_scan block sweep (bf16, Bt=1, L={LENGTH}): BLOCK_D BLOCK_L warps -> ms")
         a = scan_inputs(1, LENGTH, torch.bfloat16, dev)
         for block_d, block_l, warps in [(2, 32, 4), (4, 16, 4), (4, 32, 4), (8, 16, 4), (4, 64, 4),
                                         (4, 64, 8), (8, 32, 8), (16, 32, 8), (8, 64, 8)]:
-            ms = _time_ms(lambda bd=block_d, bl=block_l, w=warps: triton_scan.selective_scan(
-                **a, block_d=bd, block_l=bl, num_warps=w))
+            ms = time_ms(lambda bd=block_d, bl=block_l, w=warps: triton_scan.selective_scan(
+                **a, block_d=bd, block_l=bl, num_warps=w), False)
             print(f"  {block_d:3d} {block_l:3d} {warps:2d} -> {ms:.4f}")
     return rows
 

@@ -305,6 +305,22 @@ def check_model_on_triton_backend(backend_ops: dict[str, Any]) -> dict[str, Any]
     return {"logits": _errors(got, want, None)}
 
 
+def check_bench_script_runs() -> dict[str, Any]:
+    """Smoke run of model/kernels/bench_triton.py's GPU path (every row and the sweep) at toy
+    sizes on the CPU with a timer that just calls each function: a later GPU session's benchmark
+    must not die on a typo. Says nothing about speed."""
+    from model.kernels import bench_triton
+
+    saved = bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH
+    bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH = 8, 4, 20
+    try:
+        rows = bench_triton.bench(sweep=True, device="cpu", timer=lambda fn, slow: (fn(), 1.0)[1])
+    finally:
+        bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH = saved
+    assert len(rows) == 3 * 8 + 4, len(rows)
+    return {}
+
+
 # ---------------------------------------------------------------------------------------------
 # The interpreter cases: name -> what to run, given the Triton module functions.
 
@@ -352,6 +368,7 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
     c["backend_ops_conv_update"] = lambda t: check_conv_update(
         t["ops"]["causal_conv1d_update"], 1, 8, 4, 3, torch.float32)
     c["model_jamba_on_triton_backend_fp32"] = lambda t: check_model_on_triton_backend(t["ops"])
+    c["bench_script_runs"] = lambda t: check_bench_script_runs()
     c["backend_custom_ops_pass_opcheck"] = lambda t: check_custom_ops_opcheck()
     for name in ("fp32", "bf16"):
         c[f"backend_ops_mamba_decode_step_{name}"] = lambda t, d=DTYPES[name]: (
@@ -513,6 +530,16 @@ def test_gpu_causal_conv1d_real_size(dtype: str) -> None:
     if dtype == "fp32":
         _assert_within("gpu_conv_chunked", check_conv_chunked(
             causal_conv1d, causal_conv1d_update, 2, GPU_ED, GPU_L, 777, 4, "cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_gpu_mamba_decode_step_real_size(dtype: str) -> None:
+    from model.kernels.triton_backend import mamba_decode_step
+
+    for batch in (1, 8):  # Jamba-v0.1 mixer: ED 8192, N 16, R 256; here ED 2048, R 128
+        _assert_within(f"gpu_decode_step_{dtype}_b{batch}", check_mamba_decode_step(
+            mamba_decode_step, batch, GPU_ED, GPU_N, 128, DTYPES[dtype], device="cuda"))
 
 
 @pytest.mark.gpu
