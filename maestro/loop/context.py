@@ -246,9 +246,14 @@ class RunContext:
         *,
         retries: int = 2,
         stream_text: bool = False,
+        schema: dict[str, Any] | None = None,
     ) -> tuple[T, ModelResponse]:
-        """A model call whose answer must validate against ``adapter``'s JSON schema."""
-        schema = adapter.json_schema()
+        """A model call whose answer must validate against ``adapter``'s JSON schema.
+
+        ``schema`` narrows what is sent down for decoding (e.g. tool names as an enum) while
+        ``adapter`` still validates the reply.
+        """
+        schema = schema if schema is not None else adapter.json_schema()
         options = dataclasses.replace(options, response_format=schema)
         conversation = list(messages)
         last_error = ""

@@ -10,6 +10,7 @@ before anything runs. A step may use an earlier step's result in its arguments b
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -126,6 +127,19 @@ def planner_prompt(tools: dict[str, Tool], max_steps: int, instructions: str) ->
     )
 
 
+def plan_schema(tools: dict[str, Tool], max_steps: int) -> dict[str, Any]:
+    """The Plan schema with ``tool`` narrowed to the real tool names: under constrained
+    decoding the planner cannot route to a tool that does not exist."""
+    schema = copy.deepcopy(PLAN_ADAPTER.json_schema())
+    step = schema["$defs"]["PlanStep"]["properties"]
+    step["tool"] = {
+        "anyOf": [{"enum": sorted(tools)}, {"type": "null"}],
+        "description": step["tool"].get("description", ""),
+    }
+    schema["properties"]["steps"]["maxItems"] = max_steps
+    return schema
+
+
 async def make_plan(
     ctx: RunContext,
     *,
@@ -144,11 +158,12 @@ async def make_plan(
         UserMessage(user),
     ]
     options = ModelRequestOptions(temperature=0.0)
+    schema = plan_schema(tools, max_steps)
     problems: list[str] = []
     for attempt in range(retries + 1):
         attempt_key = key if attempt == 0 else f"{key}:fix{attempt}"
         plan, response = await ctx.request_structured(
-            attempt_key, "plan", messages, options, PLAN_ADAPTER
+            attempt_key, "plan", messages, options, PLAN_ADAPTER, schema=schema
         )
         problems = check_plan(plan, tools, max_steps)
         if not problems:
