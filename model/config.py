@@ -254,6 +254,43 @@ class ModelConfig:
         )
 
 
+def _bool(value: Any) -> bool:
+    """Booleans as hand-written configs spell them ("false" must not become True)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected a boolean, got {value!r}")
+        return value.strip().lower() in ("true", "1")
+    return bool(value)
+
+
+_MIXER_NAMES = {"attention": "attention", "full_attention": "attention",
+                "mamba": "mamba", "linear_attention": "mamba"}
+
+
+def _jamba_stack(d: Mapping[str, Any], num_layers: int, num_experts: int) -> tuple[LayerSpec, ...]:
+    """The layer stack from explicit per-layer lists when the config has them, else the periods."""
+    pattern = jamba_layers(
+        num_layers, int(d.get("attn_layer_period", 8)), int(d.get("attn_layer_offset", 4)),
+        int(d.get("expert_layer_period", 2)), int(d.get("expert_layer_offset", 1)), num_experts,
+    )
+    kinds = d.get("layers_block_type") or d.get("layer_types")
+    experts = d.get("layers_num_experts")
+    if kinds is None and experts is None:
+        return pattern
+    for name, seq in (("layers_block_type/layer_types", kinds), ("layers_num_experts", experts)):
+        if seq is not None and len(seq) != num_layers:
+            raise ValueError(f"{name} lists {len(seq)} layers, num_hidden_layers is {num_layers}")
+    if kinds is not None and any(k not in _MIXER_NAMES for k in kinds):
+        raise ValueError(f"unknown layer kinds in {sorted(set(kinds) - set(_MIXER_NAMES))}")
+    return tuple(
+        LayerSpec(
+            _MIXER_NAMES[kinds[i]] if kinds is not None else spec.mixer,  # type: ignore[arg-type]
+            ("moe" if int(experts[i]) > 1 else "mlp") if experts is not None else spec.ffn,
+        )
+        for i, spec in enumerate(pattern)
+    )
+
+
 def _eos(value: Any) -> tuple[int, ...]:
     if value is None:
         return ()
@@ -287,7 +324,7 @@ def _from_hf(cls: type[ModelConfig], model_type: str, d: Mapping[str, Any]) -> M
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=int(d.get("head_dim") or hidden // heads),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_bool(d.get("tie_word_embeddings", False)),
         bos_token_id=d.get("bos_token_id"),
         eos_token_ids=_eos(d.get("eos_token_id")),
         pad_token_id=d.get("pad_token_id"),
@@ -302,28 +339,24 @@ def _from_hf(cls: type[ModelConfig], model_type: str, d: Mapping[str, Any]) -> M
         num_experts = int(d.get("num_experts", d.get("num_local_experts", 16)))
         dt_rank = d.get("mamba_dt_rank", "auto")
         return cls(
-            layers=jamba_layers(
-                num_layers, int(d.get("attn_layer_period", 8)), int(d.get("attn_layer_offset", 4)),
-                int(d.get("expert_layer_period", 2)), int(d.get("expert_layer_offset", 1)),
-                num_experts,
-            ),
+            layers=_jamba_stack(d, num_layers, num_experts),
             rope_theta=None,
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             mamba_d_state=int(d.get("mamba_d_state", 16)),
             mamba_d_conv=int(d.get("mamba_d_conv", 4)),
             mamba_expand=int(d.get("mamba_expand", 2)),
             mamba_dt_rank=math.ceil(hidden / 16) if dt_rank in ("auto", None) else int(dt_rank),
-            mamba_conv_bias=bool(d.get("mamba_conv_bias", True)),
-            mamba_proj_bias=bool(d.get("mamba_proj_bias", False)),
+            mamba_conv_bias=_bool(d.get("mamba_conv_bias", True)),
+            mamba_proj_bias=_bool(d.get("mamba_proj_bias", False)),
             num_experts=num_experts,
             num_experts_per_tok=int(d.get("num_experts_per_tok", 2)),
             max_position_embeddings=int(d.get("max_position_embeddings", 262144)),
             **common,
         )
     theta, scaling = _rope(d)
-    bias = bool(d.get("attention_bias", False))
+    bias = _bool(d.get("attention_bias", False))
     window = d.get("sliding_window")
-    if model_type == "qwen2" and not d.get("use_sliding_window", False):
+    if model_type == "qwen2" and not _bool(d.get("use_sliding_window", False)):
         window = None
     return cls(
         layers=tuple(LayerSpec("attention", "mlp") for _ in range(int(d["num_hidden_layers"]))),
@@ -333,7 +366,7 @@ def _from_hf(cls: type[ModelConfig], model_type: str, d: Mapping[str, Any]) -> M
         # qwen2 always has q/k/v biases and no o_proj bias; llama's flag covers all four.
         attention_bias=True if model_type == "qwen2" else bias,
         attention_out_bias=bias if model_type == "llama" else False,
-        mlp_bias=bool(d.get("mlp_bias", False)),
+        mlp_bias=_bool(d.get("mlp_bias", False)),
         sliding_window=int(window) if window else None,
         max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
         **common,

@@ -35,6 +35,24 @@ def test_hand_written_jamba_config():
     assert cfg.max_position_embeddings == 262144
 
 
+def test_explicit_layer_lists_and_string_booleans():
+    cfg = ModelConfig.from_hf_config({
+        **HAND_WRITTEN_JAMBA, "num_hidden_layers": 4, "num_experts": 4,
+        "layers_block_type": ["mamba", "attention", "mamba", "attention"],
+        "layers_num_experts": [1, 4, 4, 1], "mamba_conv_bias": "false", "mamba_proj_bias": "true",
+    })
+    assert [(s.mixer, s.ffn) for s in cfg.layers] == [
+        ("mamba", "mlp"), ("attention", "moe"), ("mamba", "moe"), ("attention", "mlp")]
+    assert cfg.mamba_conv_bias is False and cfg.mamba_proj_bias is True
+    v5_names = ModelConfig.from_hf_config({
+        **HAND_WRITTEN_JAMBA, "num_hidden_layers": 2,
+        "layer_types": ["linear_attention", "full_attention"]})
+    assert [s.mixer for s in v5_names.layers] == ["mamba", "attention"]
+    with pytest.raises(ValueError, match="lists 3 layers"):
+        ModelConfig.from_hf_config({**HAND_WRITTEN_JAMBA, "num_hidden_layers": 2,
+                                    "layers_block_type": ["mamba"] * 3})
+
+
 def test_jamba_v01_pattern():
     layers = jamba_layers(32, 8, 4, 2, 1, num_experts=16)
     assert [i for i, s in enumerate(layers) if s.mixer == "attention"] == [4, 12, 20, 28]
