@@ -188,3 +188,26 @@ def test_bad_inputs_are_refused_with_clear_errors(models):
     model(ids, cache)
     with pytest.raises(ValueError, match="LEFT padding"):
         model(ids[:, :1], cache, pad_mask=torch.tensor([[True], [False]]))
+
+
+def test_default_kernel_backend_matches_the_reference(models):
+    """The whole model on the "auto" backend (C++ on this CPU when it builds) vs the references:
+    prefill, chunked prefill and decode steps, so every dispatcher the model calls is covered."""
+    from model import kernels
+
+    model = models("v01_pattern")
+    ids = tokens(model, 2, 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = {}
+        for backend in ("ref", "auto"):
+            with kernels.use(backend), torch.no_grad():
+                print(backend, kernels.op_backends())
+                cache = model.new_cache(2, 48)
+                parts = [model(ids[:, :20], cache), model(ids[:, 20:33], cache)]
+                parts += [model(ids[:, t : t + 1], cache) for t in range(33, 40)]
+                results[backend] = torch.cat(parts, dim=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert report("auto vs ref backend", results["auto"], results["ref"]) <= TOL
