@@ -40,11 +40,12 @@ from maestro.budget import Budget, BudgetTracker
 from maestro.errors import BudgetExceeded, ModelError, UnexpectedModelBehavior, UserError
 from maestro.events import Event, PlanMade, RunFinished, RunStarted, TextDelta
 from maestro.llm.base import Model
+from maestro.loop.chat import ChatLoop, ChatResult, EventCallback
 from maestro.loop.context import RunContext, TraceStep
 from maestro.loop.execute import ApprovalCallback, PlanExecutor, StepOutcome
 from maestro.loop.plan import Plan, make_plan
 from maestro.loop.refine import Refiner
-from maestro.messages import Usage
+from maestro.messages import Message, Usage
 from maestro.requirements import Requirement, RequirementsReport
 from maestro.runs import InMemoryRunStore, RunRecord, RunStatus, RunStore, StepRecord
 from maestro.tool import Tool
@@ -239,6 +240,31 @@ class Agent:
             sink=_discard,
             finished=finished,
         )
+
+    async def chat(
+        self,
+        message: str | None,
+        *,
+        history: Sequence[Message] = (),
+        budget: Budget | str | None = None,
+        max_turns: int = 8,
+        on_event: EventCallback | None = None,
+    ) -> ChatResult:
+        """One assistant turn with direct tool calling (no plan, no requirement rounds).
+
+        ``history`` is the conversation so far (``ChatResult.messages`` of the previous turn);
+        ``on_event`` receives TextDelta / ToolCall* / ApprovalRequested / BudgetUpdate events.
+        """
+        loop = ChatLoop(
+            model=self.model,
+            tools=self.tools,
+            instructions=self.instructions,
+            budget=self.budget if budget is None else Budget.coerce(budget),
+            approval=self.approval,
+            on_event=on_event,
+            agent_name=self.name,
+        )
+        return await loop.run(message, list(history), max_turns)
 
     # --- the run -------------------------------------------------------------------------------
 
