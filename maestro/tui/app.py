@@ -86,6 +86,7 @@ class MaestroApp(App[None]):
         self.model_ready = asyncio.Event()
         self.store: Store = InMemoryStore()
         self.store_ready = asyncio.Event()
+        self.screen_ready = asyncio.Event()  # the main screen's widgets exist
         self.thread_id: str | None = None
         self.run_view = RunView()
         self.budget_preset = services.budget
@@ -104,6 +105,7 @@ class MaestroApp(App[None]):
 
     @on(MainScreen.Ready)
     def _main_ready(self) -> None:
+        self.screen_ready.set()
         self._show_stats()  # the model may have loaded before the screen was up
 
     def on_mount(self) -> None:
@@ -161,6 +163,7 @@ class MaestroApp(App[None]):
             )
         self.sub_title = f"{self.store.description} · budget {self.budget_preset}"
         self.store_ready.set()
+        await self.screen_ready.wait()
         threads = await self.store.list_threads()
         if threads and self.thread_id is None:
             self.switch_thread(threads[0].id)
@@ -190,6 +193,7 @@ class MaestroApp(App[None]):
     @work(exclusive=True, group="thread")
     async def load_thread(self, thread_id: str) -> None:
         await self.store_ready.wait()
+        await self.screen_ready.wait()
         entries = await self.store.thread_messages(thread_id)
         if thread_id != self.thread_id:
             return  # the user moved on while this loaded: stale
