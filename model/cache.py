@@ -121,17 +121,19 @@ class HybridCache:
         )
 
     # ------------------------------------------------------------------ bookkeeping
-    def _append_mask(self, pad: torch.Tensor | None, length: int) -> None:
-        """Record the pad mask of the ``length`` tokens a forward call is adding (called by
-        CausalLM.forward before the layers run; ``seq_len`` advances after them)."""
+    def _write_mask(self, pad: torch.Tensor | None, length: int) -> None:
+        """Record the pad mask of the ``length`` tokens a forward call is adding, in the slots
+        after ``seq_len`` (attention reads them as keys). Called before the layers run; slots
+        past ``seq_len`` mean nothing until ``_advance`` commits them."""
         end = self.seq_len + length
-        if pad is None:
-            self.pad_mask[:, self.seq_len : end] = True
-            self.num_real += length
-        else:
-            self.pad_mask[:, self.seq_len : end] = pad
-            self.num_real += pad.sum(dim=1)
+        self.pad_mask[:, self.seq_len : end] = True if pad is None else pad
+        if pad is not None:
             self.has_padding = True
+
+    def _advance(self, pad: torch.Tensor | None, length: int) -> None:
+        """Commit a finished forward call: the tokens count from now on."""
+        self.num_real += length if pad is None else pad.sum(dim=1)
+        self.seq_len += length
 
     def reset(self) -> None:
         for s in self.layers:

@@ -19,6 +19,12 @@ supports LEFT-padded batches: pads are masked out of attention keys and zeroed o
 inputs, and RoPE positions count real tokens only; once a row has had a real token it must not
 receive padding again (right padding would decay the Mamba state). Too many tokens for the
 cache or the model's context raise ``ContextLengthError`` before anything runs or is written.
+An exception from inside the layers (out of memory, an interrupt) leaves the cache's Mamba
+states undefined (``seq_len`` does not advance): take a ``cache.snapshot()`` first where that
+matters.
+
+``CausalLM(config)`` leaves the weights uninitialised: build models with ``model.hf.build_model``
+or ``model.hf.load_hf_dir`` (or the GGUF loader, which goes through ``build_model``).
 """
 
 from __future__ import annotations
@@ -169,6 +175,8 @@ class CausalLM(nn.Module):
         """
         self._check(input_ids, cache, pad_mask, logits_to_keep)
         b, length = input_ids.shape
+        if length == 0:
+            return torch.zeros(b, 0, self.config.vocab_size, device=self.device)
         start = 0 if cache is None else cache.seq_len
         pad = pad_mask if pad_mask is not None and not bool(pad_mask.all()) else None
 
@@ -178,7 +186,7 @@ class CausalLM(nn.Module):
                 self._inv_freq = rope_inv_freq(self.config).to(self.device)
             rope = rope_cos_sin(self._inv_freq, self._positions(b, length, start, pad, cache), self.dtype)
         if cache is not None:
-            cache._append_mask(pad, length)
+            cache._write_mask(pad, length)
             key_real = cache.pad_mask[:, : start + length] if cache.has_padding else None
         else:
             key_real = pad
@@ -189,7 +197,7 @@ class CausalLM(nn.Module):
         for i, block in enumerate(self.layers):
             h = block(h, attn, pad, None if cache is None else cache.layers[i])
         if cache is not None:
-            cache.seq_len = start + length
+            cache._advance(pad, length)
         if logits_to_keep is not None:
             h = h[:, max(length - logits_to_keep, 0) :]  # (B, n, D)
         return self.lm_head(self.norm(h)).float()  # (B, L or n, V)
