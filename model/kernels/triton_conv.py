@@ -55,8 +55,13 @@ def _causal_conv1d_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = offs_d < channels
-    x_row = x_ptr + pid_b * s_x_b + offs_d[:, None] * s_x_d  # (BLOCK_D, 1)
-    s0_row = s0_ptr + pid_b * s_s0_b + offs_d[:, None] * s_s0_d
+    # int64 row offsets and a 64-bit tile base pointer: ED * L or L * stride beyond 2**31 (long
+    # contexts, (Bt, L, ED) storage seen through a transpose) cannot overflow 32-bit offsets.
+    rows = offs_d.to(tl.int64)[:, None]
+    x_row = x_ptr + pid_b * s_x_b + rows * s_x_d  # (BLOCK_D, 1)
+    x_tile = x_row + (pid_l * BLOCK_L).to(tl.int64) * s_x_l
+    s0_row = s0_ptr + pid_b * s_s0_b + rows * s_s0_d
+    local = tl.arange(0, BLOCK_L)
 
     if HAS_BIAS:
         acc = tl.load(bias_ptr + offs_d * s_bias, mask=mask_d, other=0.0).to(tl.float32)[:, None]
@@ -67,7 +72,8 @@ def _causal_conv1d_kernel(
         w = tl.load(w_ptr + offs_d * s_w_d + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
         pos = offs_l - (WIDTH - 1) + k  # input position read by tap k; < 0 means the state
         in_x = (pos >= 0) & (pos < length)
-        xk = tl.load(x_row + pos[None, :] * s_x_l, mask=mask_d[:, None] & in_x[None, :], other=0.0)
+        x_ptrs = x_tile + (local - (WIDTH - 1) + k)[None, :] * s_x_l
+        xk = tl.load(x_ptrs, mask=mask_d[:, None] & in_x[None, :], other=0.0)
         xk = xk.to(tl.float32)
         if HAS_STATE:
             # state index of input position pos < 0 is pos + K - 1 (>= 0 as offs_l >= 0)
@@ -82,13 +88,14 @@ def _causal_conv1d_kernel(
         acc = acc * tl.sigmoid(acc)
     mask_dl = mask_d[:, None] & (offs_l < length)[None, :]
     tl.store(
-        y_ptr + pid_b * s_y_b + offs_d[:, None] * s_y_d + offs_l[None, :] * s_y_l, acc, mask=mask_dl
+        y_ptr + pid_b * s_y_b + rows * s_y_d + offs_l.to(tl.int64)[None, :] * s_y_l, acc,
+        mask=mask_dl,
     )
 
     if pid_l == 0:
         # final_state[j] = concat(initial_state, x)[L + j], j < K - 1
         j = tl.arange(0, BLOCK_S)
-        src = length + j - (WIDTH - 1)  # position in x; < 0 means still in the initial state
+        src = (length + j - (WIDTH - 1)).to(tl.int64)  # position in x; < 0: the initial state
         mask_j = j < WIDTH - 1
         from_x = mask_d[:, None] & (mask_j & (src >= 0))[None, :]
         last = tl.load(x_row + src[None, :] * s_x_l, mask=from_x, other=0.0).to(tl.float32)
@@ -97,7 +104,7 @@ def _causal_conv1d_kernel(
             s_ptrs = s0_row + (src + WIDTH - 1)[None, :] * s_s0_k
             last += tl.load(s_ptrs, mask=from_s, other=0.0).to(tl.float32)
         tl.store(
-            sT_ptr + pid_b * s_sT_b + offs_d[:, None] * s_sT_d + j[None, :] * s_sT_k,
+            sT_ptr + pid_b * s_sT_b + rows * s_sT_d + j[None, :] * s_sT_k,
             last, mask=mask_d[:, None] & mask_j[None, :],
         )
 

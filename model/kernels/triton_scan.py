@@ -98,12 +98,17 @@ def _selective_scan_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d * s_bias, mask=mask_d, other=0.0).to(tl.float32)
 
-    u_row = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d  # (BLOCK_D, 1) pointers
-    dt_row = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
-    z_row = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
-    y_row = y_ptr + pid_b * s_y_b + offs_d[:, None] * s_y_d
-    B_row = B_ptr + pid_b * s_B_b + offs_n[:, None] * s_B_n  # (BLOCK_N, 1)
-    C_row = C_ptr + pid_b * s_C_b + offs_n[:, None] * s_C_n
+    # Pointers to the current chunk, advanced by BLOCK_L steps per iteration: with 64-bit
+    # pointers and int64 row offsets, ED * L or L * stride beyond 2**31 (long contexts, or
+    # (Bt, L, ED) storage seen through a transpose) cannot overflow 32-bit offset arithmetic.
+    rows = offs_d.to(tl.int64)[:, None]
+    steps = tl.arange(0, BLOCK_L)[None, :]
+    u_ptrs = u_ptr + pid_b * s_u_b + rows * s_u_d + steps * s_u_l  # (BLOCK_D, BLOCK_L)
+    dt_ptrs = dt_ptr + pid_b * s_dt_b + rows * s_dt_d + steps * s_dt_l
+    z_ptrs = z_ptr + pid_b * s_z_b + rows * s_z_d + steps * s_z_l
+    y_ptrs = y_ptr + pid_b * s_y_b + rows * s_y_d + steps * s_y_l
+    B_ptrs = B_ptr + pid_b * s_B_b + offs_n.to(tl.int64)[:, None] * s_B_n + steps * s_B_l
+    C_ptrs = C_ptr + pid_b * s_C_b + offs_n.to(tl.int64)[:, None] * s_C_n + steps * s_C_l
     is_last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
 
     for start in range(0, length, BLOCK_L):
@@ -112,15 +117,15 @@ def _selective_scan_kernel(
         mask_dl = mask_d[:, None] & mask_l[None, :]
         mask_nl = mask_n[:, None] & mask_l[None, :]
 
-        u = tl.load(u_row + offs_l[None, :] * s_u_l, mask=mask_dl, other=0.0).to(tl.float32)
-        dt = tl.load(dt_row + offs_l[None, :] * s_dt_l, mask=mask_dl, other=0.0).to(tl.float32)
+        u = tl.load(u_ptrs, mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_L)
+        dt = tl.load(dt_ptrs, mask=mask_dl, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mask_dl, dt, 0.0)  # padding steps: a = 1, b = 0
-        Bc = tl.load(B_row + offs_l[None, :] * s_B_l, mask=mask_nl, other=0.0).to(tl.float32)
-        Cc = tl.load(C_row + offs_l[None, :] * s_C_l, mask=mask_nl, other=0.0).to(tl.float32)
+        Bc = tl.load(B_ptrs, mask=mask_nl, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_L)
+        Cc = tl.load(C_ptrs, mask=mask_nl, other=0.0).to(tl.float32)
 
         a = tl.exp2(dt[:, None, :] * A[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
         b = (dt * u)[:, None, :] * Bc[None, :, :]
@@ -132,9 +137,16 @@ def _selective_scan_kernel(
         if HAS_D:
             y += D[:, None] * u
         if HAS_Z:
-            z = tl.load(z_row + offs_l[None, :] * s_z_l, mask=mask_dl, other=0.0).to(tl.float32)
+            z = tl.load(z_ptrs, mask=mask_dl, other=0.0).to(tl.float32)
             y *= z * tl.sigmoid(z)
-        tl.store(y_row + offs_l[None, :] * s_y_l, y, mask=mask_dl)  # cast to y's dtype
+        tl.store(y_ptrs, y, mask=mask_dl)  # cast to y's dtype
+
+        u_ptrs += BLOCK_L * s_u_l
+        dt_ptrs += BLOCK_L * s_dt_l
+        z_ptrs += BLOCK_L * s_z_l
+        y_ptrs += BLOCK_L * s_y_l
+        B_ptrs += BLOCK_L * s_B_l
+        C_ptrs += BLOCK_L * s_C_l
 
     tl.store(
         hT_ptr + pid_b * s_hT_b + offs_d[:, None] * s_hT_d + offs_n[None, :] * s_hT_n,

@@ -321,6 +321,38 @@ def check_bench_script_runs() -> dict[str, Any]:
     return {}
 
 
+def check_transposed_tail(conv_fn, scan_fn, channels, n_state, length, tail, device="cpu"):
+    """x/z as halves of a (1, L, 2ED) in_proj output seen through a transpose (stride 2ED along
+    L), bf16, the Mamba mixer's real layout. Only the last ``tail`` steps are checked, against
+    the reference started from the state at L - tail (the conv's inputs; the kernel's own scan
+    state), so that L can be huge on a GPU (see test_gpu_offsets_beyond_int32)."""
+    torch.manual_seed(0)
+    xz = torch.randn(1, length, 2 * channels, device=device, dtype=torch.bfloat16).transpose(1, 2)
+    x, z = xz.chunk(2, dim=1)  # (1, ED, L) each
+    last = (slice(None), slice(None), slice(length - tail, None))
+    weight, bias = torch.randn(channels, 4, device=device), torch.randn(channels, device=device)
+    y, final = conv_fn(x, weight, bias)
+    before = x[..., length - tail - 3 : length - tail]
+    y_low, final_ref = causal_conv1d_ref(x[last], weight, bias, before)
+    y32, _ = causal_conv1d_ref(x[last].float(), weight, bias, before.float())
+    out = {"conv_y": _errors(y[last], y32, y_low),
+           "conv_final_state": _errors(final, final_ref.float(), None)}
+    del y
+    delta = torch.rand(1, channels, length, device=device, dtype=torch.bfloat16)
+    A = -torch.rand(channels, n_state, device=device) - 0.5
+    B = torch.randn(1, n_state, length, device=device, dtype=torch.bfloat16)
+    C = torch.randn(1, n_state, length, device=device, dtype=torch.bfloat16)
+    y, h = scan_fn(x, delta, A, B, C, z=z)
+    head = (slice(None), slice(None), slice(0, length - tail))
+    _, h_mid = scan_fn(x[head], delta[head], A, B[head], C[head], z=z[head])
+    y_low, h_ref = selective_scan_ref(x[last], delta[last], A, B[last], C[last], z=z[last],
+                                      initial_state=h_mid)
+    y32, _ = selective_scan_ref(x[last].float(), delta[last].float(), A, B[last].float(),
+                                C[last].float(), z=z[last].float(), initial_state=h_mid)
+    out.update(scan_y=_errors(y[last], y32, y_low), scan_final_state=_errors(h, h_ref, None))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The interpreter cases: name -> what to run, given the Triton module functions.
 
@@ -368,6 +400,9 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
     c["backend_ops_conv_update"] = lambda t: check_conv_update(
         t["ops"]["causal_conv1d_update"], 1, 8, 4, 3, torch.float32)
     c["model_jamba_on_triton_backend_fp32"] = lambda t: check_model_on_triton_backend(t["ops"])
+    c["transposed_views_tail"] = lambda t: check_transposed_tail(
+        lambda *a, **k: t["conv"](*a, **k, block_l=16), lambda *a, **k: t["scan"](*a, **k, block_l=16),
+        16, 8, 40, 8)
     c["bench_script_runs"] = lambda t: check_bench_script_runs()
     c["backend_custom_ops_pass_opcheck"] = lambda t: check_custom_ops_opcheck()
     for name in ("fp32", "bf16"):
@@ -540,6 +575,17 @@ def test_gpu_mamba_decode_step_real_size(dtype: str) -> None:
     for batch in (1, 8):  # Jamba-v0.1 mixer: ED 8192, N 16, R 256; here ED 2048, R 128
         _assert_within(f"gpu_decode_step_{dtype}_b{batch}", check_mamba_decode_step(
             mamba_decode_step, batch, GPU_ED, GPU_N, 128, DTYPES[dtype], device="cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_offsets_beyond_int32() -> None:
+    """L * 2ED = 2**31 elements in the transposed in_proj output: offsets past int32 must not
+    wrap (about 8 GB of GPU memory)."""
+    from model.kernels.triton_conv import causal_conv1d
+    from model.kernels.triton_scan import selective_scan
+
+    result = check_transposed_tail(causal_conv1d, selective_scan, GPU_ED, GPU_N, 2**19, 64, "cuda")
+    _assert_within("gpu_int64_offsets", result)
 
 
 @pytest.mark.gpu
