@@ -40,6 +40,7 @@ from maestro.events import (
     ToolCallStarted,
 )
 from maestro.llm.base import Model, Pricing
+from maestro.loop.chat import ChatResult
 from maestro.loop.execute import ApprovalRequest
 from maestro.loop.plan import Plan, PlanStep
 from maestro.messages import (
@@ -83,6 +84,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "BudgetUpdate",
+    "ChatResult",
     "Event",
     "FixRound",
     "InMemoryRunStore",

@@ -28,7 +28,7 @@ import pydantic
 from maestro import tracing
 from maestro.budget import BudgetTracker
 from maestro.errors import UnexpectedModelBehavior
-from maestro.events import BudgetUpdate, Event, TextDelta
+from maestro.events import BudgetUpdate, Event, StepFinished, StepStarted, TextDelta
 from maestro.llm.base import Model, ResponseDoneEvent, TextDeltaEvent
 from maestro.messages import (
     AssistantMessage,
@@ -186,6 +186,11 @@ class RunContext:
             response = ModelResponse.from_dict(record.output["response"])
             self.tracker.record_model(response.usage)
             self.note_replayed(record)
+            await self.emit(
+                StepFinished(
+                    run_id=self.run_id, key=key, kind=kind, status="succeeded", replayed=True
+                )
+            )
             return response
         estimated = sum(estimate_tokens(_message_chars(m)) for m in messages)
         output_left = self.tracker.check_model_call(estimated)
@@ -193,6 +198,7 @@ class RunContext:
             wanted = options.max_tokens if options.max_tokens is not None else output_left
             options = dataclasses.replace(options, max_tokens=min(wanted, output_left))
         started = time.time()
+        await self.emit(StepStarted(run_id=self.run_id, key=key, kind=kind))
         attributes = {
             tracing.OPERATION: "chat",
             tracing.REQUEST_MODEL: self.model.model_name,
@@ -219,6 +225,15 @@ class RunContext:
             input={"messages": len(messages)},
             output={"response": response.to_dict()},
             detail={"usage": response.usage.to_dict()},
+        )
+        await self.emit(
+            StepFinished(
+                run_id=self.run_id,
+                key=key,
+                kind=kind,
+                status="succeeded",
+                duration_s=time.time() - started,
+            )
         )
         await self.budget_update()
         return response

@@ -263,6 +263,7 @@ class PlanExecutor:
         while True:
             self.ctx.tracker.check_tool_call()
             self.ctx.tracker.record_tool_call()
+            await self.ctx.budget_update()
             await self.ctx.emit(
                 ToolCallStarted(
                     run_id=self.ctx.run_id,
