@@ -92,6 +92,19 @@ def _cache_nbytes(obj: Any, seen: set[int] | None = None) -> int:
     return 0
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM) in bytes.
+
+    Not ``ru_maxrss``: Linux carries that over fork+exec, so a worker started by a large parent
+    (a test run) would report the parent's peak.
+    """
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # non-Linux fallback
+
+
 def _timed(fn: Any) -> float:
     start = time.perf_counter()
     fn()
@@ -194,7 +207,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     plan, which, impl = spec["plan"], spec["model"], spec["impl"]
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base_rss = _peak_rss()
     start = time.perf_counter()
     if which.startswith("jamba"):
         hf_model, hf_cfg = _hf_jamba(spec["quick"])
@@ -216,7 +229,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             load_s = time.perf_counter() - start
             result = _run_llama_cpp(path, plan)
             result["load_s"] = load_s
-            result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            result["peak_rss"] = _peak_rss()
             return result
         if impl == "ours":
             from model.gguf import load_gguf
@@ -233,7 +246,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     result = _run_ours(model, vocab, plan) if impl == "ours" else _run_hf(model, vocab, plan)
     result["load_s"] = load_s
     result["params"] = sum(p.numel() for p in model.parameters())
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss"] = _peak_rss()
     result["baseline_rss"] = base_rss
     return result
 

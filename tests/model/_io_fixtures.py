@@ -12,6 +12,7 @@ Import the fixtures by name into a test module to use them.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -172,23 +173,43 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return path, config, tensors
 
 
-@pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    """The real default GGUF, pulled into the user's model cache once per machine."""
+# Test modules import these fixtures by name, which gives each module its own copy of the
+# fixture; the caches below make the expensive objects real per-session singletons anyway.
+@functools.cache
+def _pulled_default() -> Path:
     from model.registry import DEFAULT_MODEL, pull
 
     return pull(DEFAULT_MODEL)
 
 
-@pytest.fixture(scope="session")
-def smollm2(smollm2_gguf: Path) -> Any:
+@functools.cache
+def _loaded_default() -> Any:
     from model import load
 
-    return load(smollm2_gguf, dtype=torch.float32)
+    return load(_pulled_default(), dtype=torch.float32)
+
+
+@functools.cache
+def _hf_default_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    path = _pulled_default()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real default GGUF, pulled into the user's model cache once per machine."""
+    return _pulled_default()
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf: Path) -> Any:
+    """Our LanguageModel on the default GGUF (fp32)."""
+    return _loaded_default()
 
 
 @pytest.fixture(scope="session")
 def hf_smollm2_tokenizer(smollm2_gguf: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    """transformers' tokenizer built from the same GGUF (the reference)."""
+    return _hf_default_tokenizer()

@@ -151,4 +151,4 @@ def test_batch_of_different_lengths_equals_each_alone_jamba(tiny_llama):
 
 @pytest.mark.slow
 def test_smollm2_batch_equals_alone(smollm2):
-    _batch_equals_alone(smollm2, ["The capital of France is", "1, 2, 3,", "Once upon a time, in a land far away, there"], 8)
+    _batch_equals_alone(smollm2, ["The capital of France is", "Once upon a time, in a land far away, there"], 6)
