@@ -4,6 +4,7 @@ mandatory requirements, cancellation, approval and resume after a crash."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import anyio
 import pytest
@@ -468,3 +469,38 @@ async def test_events_are_persisted_and_json_safe() -> None:
     types = [e["type"] for e in store.events["r1"]]
     assert types[0] == "run_started" and types[-1] == "run_finished"
     json.dumps(store.events["r1"])
+
+
+async def test_resume_through_the_sql_run_store(tmp_path: Any) -> None:
+    """The same crash/resume contract on the SQL store the memory package provides."""
+    from maestro.memory import Database
+
+    ran: list[str] = []
+    crash = True
+
+    @tool(side_effects=True)
+    def act(name: str) -> str:
+        """Act."""
+        ran.append(name)
+        if crash and name == "second":
+            raise SimulatedCrash()
+        return name
+
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+    try:
+        the_plan = plan(
+            plan_step("s1", "act", {"name": "first"}),
+            plan_step("s2", "act", {"name": "second"}, depends_on=["s1"]),
+        )
+        with pytest.raises(SimulatedCrash):
+            await Agent(ScriptedModel([the_plan]), tools=[act], store=db.runs).run(
+                "x", run_id="sql-1"
+            )
+        crash = False
+        result = await Agent(ScriptedModel(["done"]), tools=[act], store=db.runs).resume("sql-1")
+        assert ran == ["first", "second", "second"]
+        assert result.answer == "done"
+        record = await db.runs.get_run("sql-1")
+        assert record is not None and record.status == "completed"
+    finally:
+        await db.close()
