@@ -16,7 +16,8 @@ this naming and calls it. Accepted spellings, per layer ``i``:
         checkpoints that stored a dense FFN as a one-expert MoE)
     {feed_forward|moe}.router.weight and .experts.{j}.{gate,up,down}_proj.weight -> MoE,
         stacked into (E, I, D) / (E, D, I); transformers 5's fused ``experts.gate_up_proj``
-        (E, 2I, D) and ``experts.down_proj`` (E, D, I) are accepted too.
+        (E, 2I, D) and ``experts.down_proj`` (E, D, I) are accepted too, and so are stacked
+        ``experts.gate_proj`` / ``experts.up_proj`` (E, I, D), the layout GGUF files use.
 
 ``load_hf_dir(path, dtype, device)`` reads config.json and ``model.safetensors`` or the shards
 listed in ``model.safetensors.index.json``. The module is built on the meta device and each
@@ -59,7 +60,7 @@ _MAMBA = re.compile(
 )
 _DENSE = re.compile(r"^(?:feed_forward|mlp)\.(gate|up|down)_proj\.(weight|bias)$")
 _EXPERT = re.compile(r"^(?:feed_forward|moe|mlp)\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
-_FUSED = re.compile(r"^(?:feed_forward|moe|mlp)\.experts\.(gate_up_proj|down_proj)$")
+_FUSED = re.compile(r"^(?:feed_forward|moe|mlp)\.experts\.(gate_up_proj|gate_proj|up_proj|down_proj)$")
 _ROUTER = re.compile(r"^(?:feed_forward|moe|mlp)\.router\.weight$")
 
 

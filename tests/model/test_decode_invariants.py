@@ -126,6 +126,12 @@ def test_snapshot_restore_continue_equals_uninterrupted(name, models, kernel_bac
         snap = cache.snapshot()
         assert snap.seq_len == 30
         assert snap.nbytes() < cache.nbytes()
+        cfg = model.config
+        kv_per_token = 2 * 2 * cfg.num_key_value_heads * cfg.head_dim * 4  # K and V, B=2, fp32
+        assert cache.bytes_per_token() == len(cfg.attention_layers) * kv_per_token
+        mamba_bytes = 2 * cfg.mamba_d_inner * (cfg.mamba_d_conv - 1 + cfg.mamba_d_state) * 4
+        fixed = len(cfg.mamba_layers) * mamba_bytes + 2 * 64 + 2 * 8  # + pad mask + counts
+        assert cache.nbytes() == fixed + 64 * cache.bytes_per_token()
         uninterrupted = model(ids[:, 30:], cache)
         # The cache moved on; restoring rewinds it exactly.
         cache.restore(snap)

@@ -138,6 +138,13 @@ def test_moe_spelling_and_fused_experts_load_the_same(checkpoint_factory, kernel
             [torch.cat([tensors[f"{p}.{j}.gate_proj.weight"], tensors[f"{p}.{j}.up_proj.weight"]]) for j in e])
         fused[f"{p}.down_proj"] = torch.stack([tensors[f"{p}.{j}.down_proj.weight"] for j in e])
     assert torch.equal(_logits(build_model(config, fused), config.vocab_size), want)
+    stacked = {k: v for k, v in fused.items() if not k.endswith("gate_up_proj")}
+    for k, v in fused.items():
+        if k.endswith("gate_up_proj"):  # GGUF layout: gate and up stacked separately
+            gate, up = v.chunk(2, dim=1)
+            stacked[k.replace("gate_up_proj", "gate_proj")] = gate
+            stacked[k.replace("gate_up_proj", "up_proj")] = up
+    assert torch.equal(_logits(build_model(config, stacked), config.vocab_size), want)
     # transformers 5 keeps fused experts in memory: its state_dict() loads directly too.
     in_memory = build_model(config, ckpt.reference.state_dict())
     assert torch.equal(_logits(in_memory, config.vocab_size), want)
