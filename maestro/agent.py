@@ -25,11 +25,9 @@ after recording). Control-flow exceptions never escape; model errors end the run
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -42,83 +40,14 @@ from maestro.events import Event, PlanMade, RunFinished, RunStarted, TextDelta
 from maestro.llm.base import Model
 from maestro.loop.chat import ChatLoop, ChatResult, EventCallback
 from maestro.loop.context import RunContext, TraceStep
-from maestro.loop.execute import ApprovalCallback, PlanExecutor, StepOutcome
-from maestro.loop.plan import Plan, make_plan
+from maestro.loop.execute import ApprovalCallback, PlanExecutor
+from maestro.loop.plan import make_plan
 from maestro.loop.refine import Refiner
-from maestro.messages import Message, Usage
-from maestro.requirements import Requirement, RequirementsReport
+from maestro.loop.result import RunResult, RunState, build_result, describe_outcomes
+from maestro.messages import Message
+from maestro.requirements import Requirement
 from maestro.runs import InMemoryRunStore, RunRecord, RunStatus, RunStore, StepRecord
 from maestro.tool import Tool
-
-_CONTEXT_EXCERPT = 4000
-
-
-@dataclass(slots=True)
-class RunResult:
-    """Everything a run produced. ``output`` is the typed value when ``output_type`` was set."""
-
-    run_id: str
-    answer: str
-    output: Any
-    report: RequirementsReport
-    usage: Usage
-    finish_reason: str
-    status: str = "completed"
-    trace: list[TraceStep] = field(default_factory=list)
-    data_sources: list[dict[str, Any]] = field(default_factory=list)
-    plan: dict[str, Any] | None = None
-    tool_calls: int = 0
-    error: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.report.passed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "answer": self.answer,
-            "output": pydantic.TypeAdapter(Any).dump_python(self.output, mode="json"),
-            "report": self.report.to_dict(),
-            "usage": self.usage.to_dict(),
-            "finish_reason": self.finish_reason,
-            "status": self.status,
-            "trace": [t.to_dict() for t in self.trace],
-            "data_sources": self.data_sources,
-            "plan": self.plan,
-            "tool_calls": self.tool_calls,
-            "error": self.error,
-        }
-
-
-@dataclass(slots=True)
-class _RunState:
-    """What a run has so far; survives a budget stop so the result can be partial."""
-
-    plan: Plan | None = None
-    outcomes: dict[str, StepOutcome] = field(default_factory=dict)
-    refiner: Refiner | None = None
-
-
-def _describe_outcomes(outcomes: Iterable[StepOutcome]) -> str:
-    lines = []
-    for o in outcomes:
-        if o.status == "succeeded":
-            lines.append(f"[{o.step_id}] {o.tool}({o.args}) -> {o.text[:_CONTEXT_EXCERPT]}")
-        elif o.status in ("failed", "denied"):
-            lines.append(f"[{o.step_id}] {o.tool}({o.args}) {o.status.upper()}: {o.error}")
-    return "Tool results:\n" + "\n".join(lines) if lines else ""
-
-
-def _data_sources(outcomes: Iterable[StepOutcome]) -> list[dict[str, Any]]:
-    sources: list[dict[str, Any]] = []
-    for o in outcomes:
-        if o.status != "succeeded":
-            continue
-        sources.append({"step": o.step_id, "tool": o.tool, "args": o.args, "excerpt": o.text[:500]})
-        if isinstance(o.value, dict) and isinstance(o.value.get("sources"), list):
-            sources.extend(s for s in o.value["sources"] if isinstance(s, dict))
-    return sources
 
 
 class Agent:
@@ -330,7 +259,7 @@ class Agent:
             sink=emit,
             finished_steps=finished or {},
         )
-        state = _RunState()
+        state = RunState()
         status: RunStatus = "completed"
         error: str | None = None
         await emit(
@@ -355,7 +284,7 @@ class Agent:
                 status, finish_reason, error = "failed", "model_error", str(exc)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    result = self._result(
+                    result = build_result(
                         ctx, state, requirements, budget, "cancelled", "cancelled"
                     )
                     await store.finish_run(run_id, "cancelled", result.to_dict())
@@ -370,7 +299,7 @@ class Agent:
                 raise
             span.set_attribute(tracing.INPUT_TOKENS, tracker.usage.input_tokens)
             span.set_attribute(tracing.OUTPUT_TOKENS, tracker.usage.output_tokens)
-        result = self._result(ctx, state, requirements, budget, finish_reason, status)
+        result = build_result(ctx, state, requirements, budget, finish_reason, status)
         result.error = error
         summary = result.to_dict()
         await store.finish_run(run_id, status, summary)
@@ -382,7 +311,7 @@ class Agent:
     async def _body(
         self,
         ctx: RunContext,
-        state: _RunState,
+        state: RunState,
         task: str,
         requirements: list[Requirement],
         budget: Budget,
@@ -393,7 +322,7 @@ class Agent:
             ctx,
             task=task,
             instructions=self.instructions,
-            context=_describe_outcomes(state.outcomes.values()),
+            context=describe_outcomes(state.outcomes.values()),
             requirements=requirements,
             budget=budget,
             output_adapter=self._output_adapter,
@@ -403,7 +332,7 @@ class Agent:
         return refiner.finish_reason
 
     async def _plan_and_execute(
-        self, ctx: RunContext, state: _RunState, task: str, budget: Budget
+        self, ctx: RunContext, state: RunState, task: str, budget: Budget
     ) -> None:
         context = ""
         for attempt in range(budget.max_replans + 1):
@@ -442,38 +371,8 @@ class Agent:
             context = (
                 "An earlier plan was partly executed. Plan only what is still missing; do not "
                 "repeat steps that succeeded, and avoid the failures.\n"
-                + _describe_outcomes(state.outcomes.values())
+                + describe_outcomes(state.outcomes.values())
             )
-
-    def _result(
-        self,
-        ctx: RunContext,
-        state: _RunState,
-        requirements: list[Requirement],
-        budget: Budget,
-        finish_reason: str,
-        status: str,
-    ) -> RunResult:
-        refiner = state.refiner
-        best = refiner.best if refiner else None
-        report = refiner.report if refiner else RequirementsReport(requirements)
-        report.target_score = budget.target_score
-        report.finish_reason = finish_reason
-        if best is not None:
-            report.score = best.score
-        return RunResult(
-            run_id=ctx.run_id,
-            answer=best.text if best else "",
-            output=best.output if best else None,
-            report=report,
-            usage=dataclasses.replace(ctx.tracker.usage),
-            finish_reason=finish_reason,
-            status=status,
-            trace=list(ctx.trace),
-            data_sources=_data_sources(state.outcomes.values()),
-            plan=state.plan.model_dump() if state.plan else None,
-            tool_calls=ctx.tracker.tool_calls,
-        )
 
 
 async def _discard(event: Event) -> None:
