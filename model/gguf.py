@@ -77,6 +77,11 @@ class GGUFFile:
                 ) from exc
         self._tensors = {t.name: t for t in self._reader.tensors}
 
+    def close(self) -> None:
+        """Drop the tensor index and the file mapping; ``metadata`` stays usable."""
+        self._tensors = {}
+        self._reader = None
+
     @property
     def architecture(self) -> str:
         arch = self.metadata.get("general.architecture")
@@ -204,6 +209,13 @@ def hf_config_from_gguf(gf: GGUFFile) -> dict[str, Any]:
                     f"llama with rope scaling {scaling!r}", ("none", "linear"), f"GGUF file {gf.path}"
                 )
             config["rope_scaling"] = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+        if gf.has("rope_freqs.weight"):
+            # Llama 3.1-style frequency factors: the GGUF stores the resulting table, not the
+            # parameters ModelConfig's "llama3" RoPE needs; refusing beats silently wrong logits.
+            raise UnsupportedArchitectureError(
+                "llama with rope_freqs.weight (Llama 3.1 RoPE scaling)", SUPPORTED_ARCHITECTURES,
+                f"GGUF file {gf.path}; load the Hugging Face checkpoint instead",
+            )
         config["attention_bias"] = gf.has("blk.0.attn_q.bias")
         n_experts = int(get("expert_count", 0) or 0)
         if n_experts > 1:
@@ -324,8 +336,6 @@ def _hf_tensors(gf: GGUFFile, config: Mapping[str, Any]) -> Iterator[tuple[str, 
             hf = "model.norm.weight" if arch == "llama" else "model.final_layernorm.weight"
             yield hf, (lambda n=name: gf.tensor(n))
             continue
-        if name == "rope_freqs.weight" or name.endswith(".rope_freqs.weight"):
-            continue  # llama3 rope factors; derived from config on our side
         match = _BLOCK_NAME.match(name)
         if match is None:
             raise CheckpointError("unexpected tensor (no Hugging Face equivalent)", file=str(gf.path), tensor=name)
@@ -419,4 +429,6 @@ def load_gguf(
     hf_config = hf_config_from_gguf(gf)
     config = ModelConfig.from_hf_config(hf_config)
     tensors = gguf_tensors(gf, hf_config, torch_dtype)
-    return build_model(config, tensors, torch_dtype, device, source=str(gf.path)), gf
+    model = build_model(config, tensors, torch_dtype, device, source=str(gf.path))
+    gf.close()  # every tensor is dequantised into the model: release the file mapping
+    return model, gf

@@ -338,7 +338,10 @@ class StreamDecoder:
         self.ids.append(int(token_id))
         before = self._text(self._prefix, self._read)
         now = self._text(self._prefix, len(self.ids))
-        if len(now) > len(before) and not now.endswith("\ufffd") and now.startswith(before):
+        # A UTF-8 character spans at most 4 bytes, hence at most 4 pending tokens: a U+FFFD
+        # still there after that is a genuinely invalid sequence, not an unfinished one.
+        unfinished = now.endswith("\ufffd") and len(self.ids) - self._read < 4
+        if len(now) > len(before) and not unfinished and now.startswith(before):
             self._prefix, self._read = self._read, len(self.ids)
             return now[len(before) :]
         return ""

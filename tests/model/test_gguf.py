@@ -137,6 +137,25 @@ def test_unknown_architecture_lists_supported(tmp_path):
     assert "jamba" in str(info.value) and "llama" in str(info.value)
 
 
+def test_llama3_rope_factors_are_refused_not_ignored(tmp_path):
+    config, tensors = tiny_llama_hf_weights()
+    path = write_tiny_llama_gguf(tmp_path / "l3.gguf", config, tensors)
+    writer_path = tmp_path / "l3-freqs.gguf"
+    writer = gguf.GGUFWriter(str(writer_path), "llama")
+    source = GGUFFile(path)
+    for key in ("block_count", "context_length", "embedding_length", "feed_forward_length",
+                "attention.head_count"):
+        writer.add_uint32(f"llama.{key}", int(source.metadata[f"llama.{key}"]))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_tensor("rope_freqs.weight", np.ones(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedArchitectureError, match="rope_freqs"):
+        load_gguf(writer_path)
+
+
 def test_missing_tensor_names_file_and_tensor(tmp_path):
     config, tensors = tiny_llama_hf_weights()
     del tensors["model.layers.1.mlp.up_proj.weight"]

@@ -96,3 +96,12 @@ def test_tokenizer_errors(tmp_path, tiny_llama):
         Tokenizer.from_gguf(meta)
     with pytest.raises(TypeError):
         Tokenizer.from_gguf(tiny_llama[0]).encode(b"bytes")  # type: ignore[arg-type]
+
+
+def test_stream_decoder_does_not_stall_on_invalid_utf8(tiny_llama):
+    tok = Tokenizer.from_gguf(tiny_llama[0])
+    invalid = 3 + 0xFF  # the byte 0xFF token: never valid UTF-8
+    decoder = tok.stream_decoder()
+    pieces = [decoder.push(invalid) for _ in range(6)]
+    assert "".join(pieces), "text must flow once 4 tokens cannot complete a character"
+    assert "".join(pieces) + decoder.flush() == tok.decode([invalid] * 6)
