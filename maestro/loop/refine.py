@@ -88,6 +88,9 @@ class Refiner:
         self.budget = budget
         self.output_adapter = output_adapter
         self.best: Candidate | None = None
+        # The newest draft, scored or not: when a cap stops the run before the first draft is
+        # validated, this is still a better partial result than nothing.
+        self.latest: Candidate | None = None
         self.report = RequirementsReport(requirements, target_score=budget.target_score)
         self.finish_reason = "unfinished"
         self._system = self._system_prompt(instructions)
@@ -113,6 +116,7 @@ class Refiner:
         round_ = 0
         for index in range(self.budget.candidates):
             candidate = await self._draft(round_, index, self._first_messages(), index > 0)
+            self.latest = candidate
             await self._validate(candidate)
             self._consider(candidate, new_round=index == 0)
         while True:
@@ -129,6 +133,7 @@ class Refiner:
                 FixRound(run_id=self.ctx.run_id, round=round_, failing=[s.name for s in failing])
             )
             candidate = await self._draft(round_, 0, self._fix_messages(self.best), False)
+            self.latest = candidate
             await self._validate(candidate)
             self._consider(candidate, new_round=True)
 

@@ -103,7 +103,7 @@ def build_result(
     status: str,
 ) -> RunResult:
     refiner = state.refiner
-    best = refiner.best if refiner else None
+    best = (refiner.best or refiner.latest) if refiner else None
     report = refiner.report if refiner else RequirementsReport(requirements)
     report.target_score = budget.target_score
     report.finish_reason = finish_reason

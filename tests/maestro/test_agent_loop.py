@@ -504,3 +504,12 @@ async def test_resume_through_the_sql_run_store(tmp_path: Any) -> None:
         assert record is not None and record.status == "completed"
     finally:
         await db.close()
+
+
+async def test_cap_during_first_validation_still_returns_the_draft() -> None:
+    judged = Requirement("judged by the model")
+    model = ScriptedModel(["first draft", judge(1.0, "fine")])
+    result = await Agent(model, requirements=[judged], budget=Budget(max_model_calls=1)).run("t")
+    assert result.finish_reason == "max_model_calls"
+    assert result.answer == "first draft"
+    assert not result.passed and result.report.rounds == []
