@@ -249,7 +249,8 @@ def _time_ms(fn: Callable[[], Any], slow: bool = False) -> float:
 
 
 def bench(sweep: bool = False, device: str = "cuda",
-          timer: Callable[[Callable[[], Any], bool], float] | None = None) -> list[dict[str, Any]]:
+          timer: Callable[[Callable[[], Any], bool], float] | None = None,
+          dtypes: tuple[str, ...] = tuple(DTYPES)) -> list[dict[str, Any]]:
     """Time each op on ``device``; returns the table rows (and prints them).
 
     ``timer(fn, slow) -> ms`` replaces ``triton.testing.do_bench`` (the test suite's smoke run
@@ -270,8 +271,9 @@ def bench(sweep: bool = False, device: str = "cuda",
         rows.append({"op": op, "shape": shape, "dtype": dtype, "triton_ms": t, "ref_ms": r,
                      "other_ms": o, "triton_GBps": nbytes / t / 1e6})
 
-    for name, dtype in DTYPES.items():
-        es = torch.empty((), dtype=dtype).element_size()
+    for name in dtypes:
+        dtype = DTYPES[name]
+        es = dtype.itemsize
         for batch in (1, 4):
             a = scan_inputs(batch, LENGTH, dtype, dev)
             nbytes = batch * LENGTH * (4 * ED + 2 * N_STATE) * es + 2 * batch * ED * N_STATE * 4
@@ -306,7 +308,7 @@ def bench(sweep: bool = False, device: str = "cuda",
     from model.kernels.triton_backend import mamba_decode_step
 
     rank = 128
-    for name in ("fp32", "bf16"):
+    for name in [d for d in dtypes if d != "fp16"]:
         for batch in (1, 8):
             s = step_inputs(batch, DTYPES[name], dev)
             c = conv_inputs(batch, 1, DTYPES[name], dev)
@@ -350,12 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-report", action="store_true",
                         help="compile for sm_80/sm_90 and report registers and spills (no GPU)")
     parser.add_argument("--sm", type=int, nargs="+", default=[80, 90])
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
+                        help="default: fp32 bf16 for --compile-report, all three for timings")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line")
     parser.add_argument("--sweep", action="store_true", help="also sweep the scan's block sizes")
     ns = parser.parse_args(argv)
     if ns.compile_report:
-        rows = compile_report(tuple(ns.sm), tuple(ns.dtypes))
+        rows = compile_report(tuple(ns.sm), tuple(ns.dtypes or ("fp32", "bf16")))
         if ns.json:
             print("ROWS " + json.dumps(rows))
         else:
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: timings need a GPU (try --compile-report)", file=sys.stderr)
         return 2
-    rows = bench(sweep=ns.sweep)
+    rows = bench(sweep=ns.sweep, dtypes=tuple(ns.dtypes or DTYPES))
     if ns.json:
         print("ROWS " + json.dumps(rows))
     return 0
