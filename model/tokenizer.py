@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
 
@@ -393,11 +393,11 @@ def _gguf_sentencepiece(
         BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
     )
     add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-    norms: list[normalizers.Normalizer] = []
-    if add_prefix:
-        norms.append(normalizers.Prepend("\u2581"))
-    norms.append(normalizers.Replace(" ", "\u2581"))
-    backend.normalizer = normalizers.Sequence(norms)
+    # Spaces become "▁"; the dummy prefix goes before the first piece only, and not when the
+    # text already starts with a space (transformers' non-legacy Llama tokenizer does the same).
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if add_prefix else "never", split=False
+    )
     steps: list[decoders.Decoder] = [
         decoders.Replace("\u2581", " "),
         decoders.ByteFallback(),

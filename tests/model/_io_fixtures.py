@@ -50,6 +50,18 @@ def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
+def tiny_sentencepiece_vocab() -> tuple[list[str], list[int], list[float]]:
+    """(tokens, types, scores) of a SentencePiece BPE vocabulary with byte fallback, no merges
+    in the file (as Llama-2/Jamba-v0.1 GGUFs): merges must be derived from the scores."""
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    types = [2, 3, 3] + [6] * 256
+    pieces = ["\u2581", "a", "b", "c", "\u2581a", "ab", "bc", "\u2581ab", "\u2581c", "\u2581abc", "ca"]
+    tokens += pieces
+    types += [1] * len(pieces)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    return tokens, types, scores
+
+
 def permute_for_llama_cpp(w: np.ndarray, n_head: int) -> np.ndarray:
     """What llama.cpp's converter does to q_proj/k_proj rows (written here independently)."""
     rows = w.shape[0]
@@ -110,6 +122,7 @@ def write_tiny_llama_gguf(
     qtypes: dict[str, Any] | None = None,
     raw: dict[str, np.ndarray] | None = None,
     architecture: str = "llama",
+    sentencepiece: bool = False,
 ) -> Path:
     """Write ``tensors`` (HF names) as a llama GGUF; ``qtypes`` maps GGUF names to a quant type,
     ``raw`` to pre-quantised bytes (for types gguf-py cannot quantise, e.g. K-quants)."""
@@ -126,15 +139,24 @@ def write_tiny_llama_gguf(
     writer.add_rope_freq_base(config["rope_theta"])
     writer.add_rope_dimension_count(config["head_dim"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    tokens, types, merges = tiny_vocab()
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
+    if sentencepiece:
+        tokens, types, scores = tiny_sentencepiece_vocab()
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_scores(scores)
+        writer.add_unk_token_id(0)
+        writer.add_add_bos_token(True)
+    else:
+        tokens, types, merges = tiny_vocab()
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("smollm")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(merges)
+        writer.add_add_bos_token(False)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
-    writer.add_add_bos_token(False)
     writer.add_chat_template(TINY_TEMPLATE)
     for hf_name, array in tensors.items():
         if hf_name == "model.embed_tokens.weight":

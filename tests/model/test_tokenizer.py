@@ -105,3 +105,27 @@ def test_stream_decoder_does_not_stall_on_invalid_utf8(tiny_llama):
     pieces = [decoder.push(invalid) for _ in range(6)]
     assert "".join(pieces), "text must flow once 4 tokens cannot complete a character"
     assert "".join(pieces) + decoder.flush() == tok.decode([invalid] * 6)
+
+
+def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tests.model._io_fixtures import (
+        tiny_llama_hf_weights,
+        tiny_sentencepiece_vocab,
+        write_tiny_llama_gguf,
+    )
+
+    config, tensors = tiny_llama_hf_weights(vocab=len(tiny_sentencepiece_vocab()[0]))
+    path = write_tiny_llama_gguf(tmp_path / "spm.gguf", config, tensors, sentencepiece=True)
+    ours = Tokenizer.from_gguf(path)
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for text in ["abc", " a b c", "cab  abc", "abcabc ca", "ñ and 日本", "a\nb"]:
+        assert ours.encode(text) == theirs.encode(text), text
+        assert ours.decode(ours.encode(text), skip_special_tokens=True) == theirs.decode(
+            theirs.encode(text), skip_special_tokens=True
+        ), text
+    assert ours.encode("abc")[0] == 1  # add_bos_token
+    decoder = ours.stream_decoder(skip_special_tokens=True)
+    ids = ours.encode("abc ñ ca")
+    assert "".join(decoder.push(i) for i in ids) + decoder.flush() == ours.decode(ids, skip_special_tokens=True)
