@@ -127,15 +127,43 @@ def planner_prompt(tools: dict[str, Tool], max_steps: int, instructions: str) ->
     )
 
 
+_REFERENCE_STRING = {"type": "string", "pattern": r"^\{\{[A-Za-z0-9_.-]+\}\}$"}
+
+
+def _args_with_references(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A tool's argument schema where each top-level argument may also be ``"{{step_id}}"``,
+    so a constrained planner can still chain steps through numeric or structured args."""
+    args = copy.deepcopy(parameters)
+    for name, spec in args.get("properties", {}).items():
+        args["properties"][name] = {"anyOf": [spec, _REFERENCE_STRING]}
+    return args
+
+
 def plan_schema(tools: dict[str, Tool], max_steps: int) -> dict[str, Any]:
-    """The Plan schema with ``tool`` narrowed to the real tool names: under constrained
-    decoding the planner cannot route to a tool that does not exist."""
+    """The Plan schema narrowed to the agent's real tools, for constrained decoding.
+
+    Each step is one variant per tool: ``tool`` is that tool's name and ``args`` its own
+    argument schema, so under a grammar the planner can neither route to a tool that does not
+    exist nor extract arguments of the wrong shape (MRKL's checked argument extraction).
+    Tools whose schemas use ``$ref`` (nested models) keep a generic object for ``args``,
+    since their references would not resolve inside the plan's schema; their arguments are
+    still validated before the tool runs.
+    """
     schema = copy.deepcopy(PLAN_ADAPTER.json_schema())
-    step = schema["$defs"]["PlanStep"]["properties"]
-    step["tool"] = {
-        "anyOf": [{"enum": sorted(tools)}, {"type": "null"}],
-        "description": step["tool"].get("description", ""),
-    }
+    base = schema["$defs"]["PlanStep"]
+    variants = []
+    for name in sorted(tools):
+        parameters = tools[name].parameters
+        self_contained = "$ref" not in json.dumps(parameters)
+        variant = copy.deepcopy(base)
+        variant["properties"]["tool"] = {"const": name}
+        if self_contained:
+            variant["properties"]["args"] = _args_with_references(parameters)
+        variants.append(variant)
+    note = copy.deepcopy(base)
+    note["properties"]["tool"] = {"type": "null"}
+    variants.append(note)
+    schema["$defs"]["PlanStep"] = {"anyOf": variants}
     schema["properties"]["steps"]["maxItems"] = max_steps
     return schema
 

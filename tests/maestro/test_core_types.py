@@ -187,3 +187,37 @@ def test_import_maestro_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_plan_schema_routes_to_real_tools_with_their_argument_shapes() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from maestro.loop.plan import plan_schema
+    from maestro.tool import tool
+
+    @tool
+    def inc(x: int) -> int:
+        """Increment."""
+        return x + 1
+
+    schema = plan_schema({"inc": inc}, max_steps=2)
+    chained = {
+        "rationale": "r",
+        "steps": [
+            {"id": "s1", "tool": "inc", "args": {"x": 1}, "depends_on": []},
+            {"id": "s2", "tool": "inc", "args": {"x": "{{s1}}"}, "depends_on": ["s1"]},
+        ],
+    }
+    jsonschema.validate(chained, schema)
+    for bad in (
+        {
+            "rationale": "r",
+            "steps": [{"id": "s1", "tool": "dec", "args": {"x": 1}, "depends_on": []}],
+        },
+        {
+            "rationale": "r",
+            "steps": [{"id": "s1", "tool": "inc", "args": {"x": "one"}, "depends_on": []}],
+        },
+        {"rationale": "r", "steps": chained["steps"] * 2},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
