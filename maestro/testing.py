@@ -192,7 +192,7 @@ def plan_step(
 
 def plan(*steps: dict[str, Any], rationale: str = "") -> str:
     """A planner reply (JSON text) made of ``plan_step`` dicts."""
-    return json.dumps({"rationale": rationale, "steps": list(steps)})
+    return json.dumps({"steps": list(steps), "rationale": rationale})
 
 
 def judge(score: float, reason: str = "") -> str:

@@ -284,6 +284,9 @@ class RunContext:
                 return adapter.validate_json(extract_json(raw)), response
             except pydantic.ValidationError as exc:
                 last_error = _short_validation_error(exc)
+            if response.finish_reason == "length" and options.max_tokens is not None:
+                # Cut off mid-JSON: the same limit would cut it off again.
+                options = dataclasses.replace(options, max_tokens=options.max_tokens * 2)
             conversation = [
                 *conversation,
                 AssistantMessage(raw),

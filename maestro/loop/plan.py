@@ -42,10 +42,11 @@ class PlanStep(pydantic.BaseModel):
 
 
 class Plan(pydantic.BaseModel):
-    # Every field is required so that a grammar-constrained planner must write a real plan
-    # (with defaults, "{}" would be a valid and useless answer).
-    rationale: str
+    # ``steps`` is required and comes first, so a grammar-constrained planner must write the
+    # steps before any prose (with a default, "{}" would be valid and useless; with the
+    # rationale first, a small model spends its token budget explaining).
     steps: list[PlanStep]
+    rationale: str = ""
 
 
 PLAN_ADAPTER: pydantic.TypeAdapter[Plan] = pydantic.TypeAdapter(Plan)
@@ -113,8 +114,8 @@ def planner_prompt(tools: dict[str, Tool], max_steps: int, instructions: str) ->
     extra = f"\n\nInstructions from the agent's author:\n{instructions}" if instructions else ""
     return (
         "You plan the tool calls needed to answer a task. Reply with only a JSON object: "
-        '{"rationale": "...", "steps": [{"id": "s1", "tool": "<tool name>", "args": {...}, '
-        '"depends_on": []}]}.\n'
+        '{"steps": [{"id": "s1", "tool": "<tool name>", "args": {...}, "depends_on": []}], '
+        '"rationale": "<one short sentence>"}.\n'
         "Rules:\n"
         "- Use only the tools listed below, by their exact names, with arguments that match "
         "their schemas.\n"
@@ -163,8 +164,16 @@ def plan_schema(tools: dict[str, Tool], max_steps: int) -> dict[str, Any]:
     note = copy.deepcopy(base)
     note["properties"]["tool"] = {"type": "null"}
     variants.append(note)
+    for variant in variants:
+        # Short ids and notes keep a small model from rambling inside the JSON; these bounds
+        # guide decoding only, validation does not enforce them.
+        props = variant["properties"]
+        props["id"]["pattern"] = "^[A-Za-z0-9_-]{1,16}$"
+        props["depends_on"]["items"]["pattern"] = "^[A-Za-z0-9_.-]{1,16}$"
+        props["purpose"]["maxLength"] = 160
     schema["$defs"]["PlanStep"] = {"anyOf": variants}
     schema["properties"]["steps"]["maxItems"] = max_steps
+    schema["properties"]["rationale"]["maxLength"] = 240
     return schema
 
 
@@ -185,7 +194,8 @@ async def make_plan(
         SystemMessage(planner_prompt(tools, max_steps, instructions)),
         UserMessage(user),
     ]
-    options = ModelRequestOptions(temperature=0.0)
+    # Room for every step plus a short rationale; a truncated plan is retried with double.
+    options = ModelRequestOptions(temperature=0.0, max_tokens=160 + 96 * max_steps)
     schema = plan_schema(tools, max_steps)
     problems: list[str] = []
     for attempt in range(retries + 1):
