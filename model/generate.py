@@ -19,13 +19,14 @@ Context: a prompt longer than the model's context raises ``ContextLengthError``.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
-from model.errors import ContextLengthError
+from model.errors import ContextLengthError, ModelError
 
 if TYPE_CHECKING:
     from model.tokenizer import StreamDecoder, Tokenizer
@@ -253,50 +254,71 @@ def _run(
     generator = None
     if params.temperature > 0:
         generator = torch.Generator(device=model.device)
-        generator.manual_seed(params.seed if params.seed is not None else torch.seed())
-    penalise = params.repetition_penalty != 1.0
-    history = [list(p) for p in prompts] if penalise else []
+        # Without a seed, draw one from the OS: never reseed torch's global generator.
+        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+    history = [list(p) for p in prompts] if params.repetition_penalty != 1.0 else None
 
+    # inference_mode only around tensor work: a generator suspended at ``yield`` must not
+    # leave the caller's own code running in inference mode.
     with torch.inference_mode():
         logits, cache = _prefill(model, prompts, longest + budget, pad_id)
-        for step in range(budget):
-            logits = logits.float()
-            for row, seq in enumerate(seqs):
-                if seq.finish_reason is not None:
-                    continue
-                if penalise:
-                    seen = torch.tensor(sorted(set(history[row])), device=logits.device)
-                    _apply_repetition_penalty(logits[row], seen, params.repetition_penalty)
-                proc = processors[row] if processors is not None else None
-                if proc is not None:
-                    logits[row] = proc(seq.ids, logits[row])
-            tokens = sample_next(logits, params, generator).tolist()
-            deltas: list[str] = []
-            for row, seq in enumerate(seqs):
-                if seq.finish_reason is not None:
-                    deltas.append("")
-                    continue
-                token = int(tokens[row])
-                seq.steps += 1
-                if token in stop_ids:
-                    seq.finish_reason = "stop"
-                    deltas.append(seq.add_text(seq.decoder.flush()) + seq.release())
-                    continue
-                seq.ids.append(token)
-                if penalise:
-                    history[row].append(token)
-                delta = seq.add_text(seq.decoder.push(token))
-                if seq.finish_reason is None and step == budget - 1:
-                    seq.finish_reason = "length"
-                    delta += seq.add_text(seq.decoder.flush())
-                    delta += seq.release()
-                deltas.append(delta)
-            yield deltas, seqs
-            if all(seq.finish_reason is not None for seq in seqs) or step == budget - 1:
-                break
-            feed = [t if seq.finish_reason is None else pad_id for t, seq in zip(tokens, seqs, strict=True)]
+    for step in range(budget):
+        with torch.inference_mode():
+            tokens = _pick(logits.float(), seqs, params, processors, history, generator)
+        deltas: list[str] = []
+        for row, seq in enumerate(seqs):
+            if seq.finish_reason is not None:
+                deltas.append("")
+                continue
+            token = tokens[row]
+            seq.steps += 1
+            if token in stop_ids:
+                seq.finish_reason = "stop"
+                deltas.append(seq.add_text(seq.decoder.flush()) + seq.release())
+                continue
+            seq.ids.append(token)
+            if history is not None:
+                history[row].append(token)
+            delta = seq.add_text(seq.decoder.push(token))
+            if seq.finish_reason is None and step == budget - 1:
+                seq.finish_reason = "length"
+                delta += seq.add_text(seq.decoder.flush())
+                delta += seq.release()
+            deltas.append(delta)
+        yield deltas, seqs
+        if all(seq.finish_reason is not None for seq in seqs) or step == budget - 1:
+            break
+        # Finished rows still ride along in the batch (fed padding); their output is ignored.
+        feed = [t if seq.finish_reason is None else pad_id for t, seq in zip(tokens, seqs, strict=True)]
+        with torch.inference_mode():
             step_ids = torch.tensor(feed, dtype=torch.long, device=model.device)[:, None]  # (B, 1)
             logits = model(step_ids, cache=cache)[:, -1, :]
+
+
+def _pick(
+    logits: torch.Tensor,
+    seqs: list[_Sequence],
+    params: SamplingParams,
+    processors: Sequence[LogitsProcessor | None] | None,
+    history: list[list[int]] | None,
+    generator: torch.Generator | None,
+) -> list[int]:
+    """The next token of every sequence from its (B, V) logits."""
+    for row, seq in enumerate(seqs):
+        if seq.finish_reason is not None:
+            continue
+        if history is not None:
+            seen = torch.tensor(sorted(set(history[row])), device=logits.device)
+            _apply_repetition_penalty(logits[row], seen, params.repetition_penalty)
+        proc = processors[row] if processors is not None else None
+        if proc is not None:
+            logits[row] = proc(seq.ids, logits[row])
+            if not bool(torch.isfinite(logits[row]).any()):
+                raise ModelError(
+                    f"the logits processor of sequence {row} masked every token "
+                    f"(after {len(seq.ids)} generated tokens); it must leave at least one"
+                )
+    return [int(t) for t in sample_next(logits, params, generator).tolist()]
 
 
 def _result(seq: _Sequence) -> GenerationResult:

@@ -152,3 +152,21 @@ def test_batch_of_different_lengths_equals_each_alone_jamba(tiny_llama):
 @pytest.mark.slow
 def test_smollm2_batch_equals_alone(smollm2):
     _batch_equals_alone(smollm2, ["The capital of France is", "Once upon a time, in a land far away, there"], 6)
+
+
+def test_processor_that_masks_everything_is_a_clear_error(tiny):
+    from model import ModelError
+
+    def nothing(generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(logits, float("-inf"))
+
+    with pytest.raises(ModelError, match="masked every token"):
+        tiny.generate("the", max_new_tokens=3, logits_processor=nothing)
+
+
+def test_streaming_does_not_leak_inference_mode(tiny):
+    for _ in tiny.stream("the", max_new_tokens=3, stop_token_ids=[]):
+        assert not torch.is_inference_mode_enabled()
+    state = torch.random.get_rng_state()
+    tiny.generate("the", max_new_tokens=3, temperature=1.0)  # unseeded sampling
+    assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
