@@ -15,16 +15,21 @@ from maestro.tui.run_state import RunView
 
 
 def render_scores(view: RunView) -> RenderableType:
+    """Two lines per requirement: mark, name and score history; then the reason, dimmed.
+
+    (A three-column table wrapped names and reasons into slivers in a 50-column panel.)
+    """
     if not view.requirements:
         return Text("no requirements scored yet", style="dim")
-    table = Table(box=None, expand=True, show_edge=False, pad_edge=False)
-    table.add_column("requirement", ratio=3, overflow="fold")
+    table = Table.grid(expand=True, padding=(0, 1))
+    table.add_column("requirement", ratio=1, overflow="fold")
     table.add_column("score", justify="right", no_wrap=True)
-    table.add_column("reason", ratio=4, overflow="fold")
     for req in view.requirements.values():
         history = " → ".join(f"{s:.2f}" for s in req.history[-3:])
         mark = Text("✔ " if req.passed else "✖ ", style="green" if req.passed else "red")
-        table.add_row(Text.assemble(mark, req.name), history, req.reason)
+        table.add_row(Text.assemble(mark, (req.name, "bold")), history)
+        if req.reason:
+            table.add_row(Text(f"  {req.reason}", style="dim"), "")
     parts: list[RenderableType] = [table]
     if view.fix_rounds:
         rounds = ", ".join(

@@ -36,7 +36,7 @@ def call_title(call: ToolCallView) -> str:
 
 
 def call_body(call: ToolCallView) -> str:
-    lines = ["args: " + json.dumps(call.args, ensure_ascii=False, indent=1, default=str)]
+    lines = ["args: " + json.dumps(call.args, ensure_ascii=False, default=str)]
     if call.error:
         lines.append(f"error: {call.error}")
     if call.result is not None:
@@ -64,7 +64,8 @@ class ToolCalls(VerticalScroll):
         for index, call in enumerate(view.tool_calls):
             if index < len(items):
                 items[index].title = call_title(call)
-                items[index].query_one(Static).update(call_body(call))
+                # ``.tool-body``: the collapsible's own title is a Static too.
+                items[index].query_one(".tool-body", Static).update(call_body(call))
             else:
                 body = Static(call_body(call), markup=False, classes="tool-body")
                 await self.mount(Collapsible(body, title=call_title(call), collapsed=True))
