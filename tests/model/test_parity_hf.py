@@ -95,3 +95,22 @@ def test_weights_are_mmapped_not_copied(checkpoint_factory):
     w = model.layers[0].mixer.in_proj.weight
     # A tensor built by torch.frombuffer on the mmap does not own a resizable storage.
     assert not w.untyped_storage().resizable()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["v01_pattern", "llama"])
+def test_cuda_matches_the_cpu_reference(name, checkpoint_factory):
+    """On a GPU (default kernel backend: Triton): fp32 logits vs transformers on the CPU, and
+    step decoding vs one forward on the device."""
+    ckpt = checkpoint_factory(name)
+    ours = load_hf_dir(ckpt.path, device="cuda")
+    ids = torch.randint(3, ours.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = ckpt.reference(ids).logits.float()
+        got = ours(ids.cuda())
+        cache = ours.new_cache(1, 64)
+        steps = torch.cat([ours(ids[:, t : t + 1].cuda(), cache) for t in range(64)], dim=1)
+    err = (got.cpu() - expected).abs().max().item()
+    step_err = (steps - got).abs().max().item()
+    print(f"{name} cuda: vs cpu reference {err:.3e}, steps vs forward {step_err:.3e}")
+    assert err <= 1e-3 and step_err <= 1e-3
