@@ -9,7 +9,8 @@ blocks. Loading it means three translations, each kept in one function here:
 2. llama.cpp tensor names and layouts -> Hugging Face names and layouts (``_llama_tensor`` and
    ``_jamba_tensor``), undoing what llama.cpp's converter did: it permutes the rows of q_proj
    and k_proj for its RoPE kernel (we permute back), stores Mamba's ``A`` as ``-exp(A_log)``,
-   squeezes the depthwise conv weight and stacks MoE experts into one 3-D tensor;
+   squeezes the depthwise conv weight and stacks MoE experts into one 3-D tensor (kept
+   stacked: ``build_model`` accepts ``experts.{gate,up,down}_proj`` as (E, ...) tensors);
 3. quantised blocks -> float tensors via ``gguf.quants.dequantize`` (one tensor at a time, so
    peak memory is the final weights plus one tensor).
 
@@ -342,21 +343,8 @@ def _hf_tensors(gf: GGUFFile, config: Mapping[str, Any]) -> Iterator[tuple[str, 
         layer, local = match.group(1), match.group(2)
         prefix = f"model.layers.{layer}."
         if local in _STACKED_EXPERTS and arch == "jamba":
-            proj = _STACKED_EXPERTS[local]
-            stacked: dict[str, np.ndarray] = {}
-
-            def expert(j: int, n: str = name, cache: dict[str, np.ndarray] = stacked) -> np.ndarray:
-                # Dequantise the stacked [E, ...] tensor once, hand out one expert per call,
-                # and drop the stack after the last expert so it does not outlive the load.
-                if n not in cache:
-                    cache[n] = gf.tensor(n)
-                out = cache[n][j].copy()
-                if j == cache[n].shape[0] - 1:
-                    cache.pop(n)
-                return out
-
-            for j in range(config["num_experts"]):
-                yield f"{prefix}feed_forward.experts.{j}.{proj}.weight", (lambda j=j, f=expert: f(j))
+            # llama.cpp stacks the experts (E, I, D) / (E, D, I): build_model takes them as is.
+            yield f"{prefix}feed_forward.experts.{_STACKED_EXPERTS[local]}", (lambda n=name: gf.tensor(n))
             continue
         if local not in block_map:
             raise CheckpointError(
