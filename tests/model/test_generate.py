@@ -170,3 +170,21 @@ def test_streaming_does_not_leak_inference_mode(tiny):
     state = torch.random.get_rng_state()
     tiny.generate("the", max_new_tokens=3, temperature=1.0)  # unseeded sampling
     assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
+
+
+def test_cli_generate_and_chat_on_a_local_gguf(tiny_llama):
+    from typer.testing import CliRunner
+
+    from maestro.commands.model import app
+
+    path = str(tiny_llama[0])
+    runner = CliRunner()
+    expected = load(path).generate("the", max_new_tokens=6, stop_token_ids=[]).text
+    out = runner.invoke(app, ["generate", "--model", path, "--max-tokens", "6", "the"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout == expected + "\n"  # the text only: progress goes to stderr
+    bad = runner.invoke(app, ["generate", "--model", path, "--temperature", "-1", "the"])
+    assert bad.exit_code != 0
+    chat = runner.invoke(app, ["chat", "--model", path, "--max-tokens", "4"], input="hello\n/reset\nagain\n/exit\n")
+    assert chat.exit_code == 0, chat.output
+    assert "conversation cleared" in chat.output
