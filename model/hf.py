@@ -183,6 +183,8 @@ def build_model(
                 )
             gate, up = tensor.split(i2, dim=1)
             for leaf, part in (("gate_proj", gate), ("up_proj", up)):
+                if base + leaf in done:
+                    raise CheckpointError("tensor given twice", file=where(name), tensor=name)
                 _set_param(model, base + leaf, part.to(device=device, dtype=dtype).contiguous())
                 done.add(base + leaf)
             continue
@@ -208,6 +210,11 @@ def build_model(
             stacked[ours][expert].copy_(tensor)
             filled[ours].add(expert)
     for ours, buf in stacked.items():
+        if ours in done:  # both a stacked/fused tensor and per-expert tensors
+            raise CheckpointError(
+                "experts given both stacked and one by one", file=source if isinstance(source, str) else None,
+                tensor=_hf_name(config, ours).replace("{j}", str(min(filled[ours]))),
+            )
         missing = sorted(set(range(config.num_experts)) - filled[ours])
         if missing:
             raise CheckpointError(
