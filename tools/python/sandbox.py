@@ -37,6 +37,7 @@ seccomp and Landlock only, and can read everything that user can.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -110,6 +111,12 @@ def bwrap_available() -> str | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return "bubblewrap (bwrap) is not installed; on Debian: apt-get install bubblewrap"
+    return _probe_bwrap(bwrap)
+
+
+@functools.cache
+def _probe_bwrap(bwrap: str) -> str | None:
+    """Start one empty sandbox (once per process and bwrap binary) to see namespaces work."""
     probe = [bwrap, "--unshare-all", "--unshare-user", "--cap-drop", "ALL",
              "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
              "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
