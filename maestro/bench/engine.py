@@ -334,7 +334,11 @@ def main(json_output: bool = False, quick: bool = False) -> dict[str, Any]:
     for model_name in models:
         for impl in impls + (["llama.cpp"] if model_name == "smollm2-135m" and has_llama_cpp else []):
             spec = {"model": model_name, "impl": impl, "plan": plan, "quick": quick, "gguf": str(gguf_path)}
+            started = time.perf_counter()
             result = _spawn(spec)
+            # progress on stderr, so a long run shows life and --json stdout stays one object
+            print(f"bench engine: {model_name}/{impl} done in {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr, flush=True)
             results[f"{model_name}/{impl}"] = result
             if "error" in result:
                 errors.append(f"{model_name}/{impl}: {result['error']}")

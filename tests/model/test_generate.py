@@ -188,3 +188,24 @@ def test_cli_generate_and_chat_on_a_local_gguf(tiny_llama):
     chat = runner.invoke(app, ["chat", "--model", path, "--max-tokens", "4"], input="hello\n/reset\nagain\n/exit\n")
     assert chat.exit_code == 0, chat.output
     assert "conversation cleared" in chat.output
+
+
+def test_load_hf_directory_generates_like_the_gguf(tmp_path, tiny_llama):
+    import json
+
+    from safetensors.numpy import save_file
+
+    path, config, tensors = tiny_llama
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    gguf_model = load(path)
+    gguf_model.tokenizer.backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": gguf_model.tokenizer.chat_template}
+    ))
+    hf_model = load(tmp_path)
+    messages = [{"role": "user", "content": "the cat"}]
+    assert hf_model.render_chat(messages) == gguf_model.render_chat(messages)
+    a = hf_model.chat(messages, max_new_tokens=8, stop_token_ids=[])
+    b = gguf_model.chat(messages, max_new_tokens=8, stop_token_ids=[])
+    assert a.token_ids == b.token_ids and a.text == b.text
