@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model.api import LanguageModel, load
+    from model.api import LanguageModel, generate, load
     from model.config import LayerSpec, ModelConfig
     from model.errors import (
         CheckpointError,
@@ -47,6 +47,7 @@ _EXPORTS = {
     "UnsupportedArchitectureError": "model.errors",
     "Usage": "model.generate",
     "list_cached": "model.registry",
+    "generate": "model.api",
     "load": "model.api",
     "pull": "model.registry",
     "resolve": "model.registry",
@@ -67,6 +68,7 @@ __all__ = [
     "Tokenizer",
     "UnsupportedArchitectureError",
     "Usage",
+    "generate",
     "list_cached",
     "load",
     "pull",
