@@ -7,6 +7,9 @@ Usable on its own; never imports ``maestro``, ``tools`` or ``agents``::
     m.generate("The capital of France is", max_new_tokens=8).text
     m.chat([{"role": "user", "content": "Hi!"}], temperature=0.7, seed=0).text
 
+Generation itself lives in the submodule ``model.generate`` (``generate_batch``,
+``generate_stream``, ``SamplingParams``); ``LanguageModel.generate`` is the convenient door.
+
 ``import model`` is light: names are imported on first attribute access, so torch loads only
 when a model, tokenizer or generation function is actually used.
 """
@@ -17,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model.api import LanguageModel, generate, load
+    from model.api import LanguageModel, load
     from model.config import LayerSpec, ModelConfig
     from model.errors import (
         CheckpointError,
@@ -47,7 +50,6 @@ _EXPORTS = {
     "UnsupportedArchitectureError": "model.errors",
     "Usage": "model.generate",
     "list_cached": "model.registry",
-    "generate": "model.api",
     "load": "model.api",
     "pull": "model.registry",
     "resolve": "model.registry",
@@ -68,7 +70,6 @@ __all__ = [
     "Tokenizer",
     "UnsupportedArchitectureError",
     "Usage",
-    "generate",
     "list_cached",
     "load",
     "pull",

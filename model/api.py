@@ -13,7 +13,6 @@ checkpoint's tokenizer (chat prompts through its own template) and sampling keyw
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from model.config import ModelConfig
     from model.transformer import CausalLM
 
-__all__ = ["LanguageModel", "generate", "load"]
+__all__ = ["LanguageModel", "load"]
 
 Prompt = str | Sequence[int]
 
@@ -202,23 +201,3 @@ def load(
     network.eval()
     return LanguageModel(network, tokenizer, name=resolved.name, path=resolved.path)
 
-
-@functools.lru_cache(maxsize=2)
-def _cached(name: str | None, dtype: str) -> LanguageModel:
-    return load(name, dtype=dtype)
-
-
-def generate(
-    prompt: Prompt,
-    *,
-    model: str | LanguageModel | None = None,
-    dtype: str = "float32",
-    **sampling: Any,
-) -> GenerationResult:
-    """One-call generation: ``model.generate("The capital of France is", max_new_tokens=8)``.
-
-    ``model`` is a loaded ``LanguageModel`` or anything ``load`` accepts (default: the default
-    model); loaded models are kept (the two most recent) so repeated calls do not reload.
-    """
-    lm = model if isinstance(model, LanguageModel) else _cached(model, dtype)
-    return lm.generate(prompt, **sampling)

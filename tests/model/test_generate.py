@@ -94,14 +94,6 @@ def test_streaming_with_multibyte_characters_split_across_tokens(tiny):
     assert "".join(pieces) == out[0].text == text
 
 
-def test_module_level_generate(tiny, tiny_llama):
-    import model
-
-    result = model.generate("the", model=str(tiny_llama[0]), max_new_tokens=4, stop_token_ids=[])
-    assert result.token_ids == tiny.generate("the", max_new_tokens=4, stop_token_ids=[]).token_ids
-    assert model.generate("the", model=tiny, max_new_tokens=2).usage.prompt_tokens == 1
-
-
 def test_max_new_tokens_gives_length(tiny):
     r = tiny.generate("the", max_new_tokens=5, stop_token_ids=[])
     assert r.finish_reason == "length" and len(r.token_ids) == 5 and r.usage.completion_tokens == 5
