@@ -30,6 +30,12 @@ def fail(reason: str) -> str:
     raise ValueError(reason)
 
 
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def pid() -> int:
+    """The server's process id (lets the tests check it is gone after close)."""
+    return os.getpid()
+
+
 @server.tool()
 def crash() -> str:
     """Kill the server process in the middle of the call."""

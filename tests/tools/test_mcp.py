@@ -33,7 +33,8 @@ def test_config_is_validated() -> None:
 async def test_stdio_list_call_and_crash() -> None:
     async with MCPConnection(stdio_config()) as conn:
         tools = {t.name: t for t in conn.tools}
-        assert set(tools) == {"test__add", "test__remember", "test__fail", "test__crash"}
+        assert set(tools) == {"test__add", "test__remember", "test__fail", "test__crash",
+                              "test__pid"}
         add = tools["test__add"]
         assert add.parameters["required"] == ["a", "b"]
         assert not add.side_effects and not add.requires_approval  # readOnlyHint
@@ -52,6 +53,12 @@ async def test_stdio_list_call_and_crash() -> None:
             await add.call({"a": 1, "b": 1}, CTX)
         await conn.reconnect()
         assert await conn.call("add", {"a": 1, "b": 1}) == "2"
+        server_pid = int(await conn.call("pid", {}))
+    # Clean shutdown: leaving the context stops the stdio server process.
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{server_pid}").exists()
 
 
 async def test_approval_policy_per_server() -> None:
