@@ -312,13 +312,18 @@ def _print_table(report: dict[str, Any]) -> None:
     console.print(f"machine: {json.dumps(report['machine'])}")
 
 
-def main(json_output: bool = False, quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark; print a table (or nothing with ``json_output``) and return the report."""
+def main(
+    json_output: bool = False, quick: bool = False, plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run the benchmark; print a table (or nothing with ``json_output``) and return the report.
+
+    ``plan`` overrides the lengths (keys as in ``FULL``), e.g. for a shorter run on a busy box.
+    """
     import importlib.metadata as md
 
     from model.registry import DEFAULT_MODEL, pull
 
-    plan = QUICK if quick else FULL
+    plan = plan or (QUICK if quick else FULL)
     # --quick is a smoke test of the harness: the tiny Jamba only (seconds, no download).
     models = ("jamba-quick",) if quick else ("jamba-300m", "smollm2-135m")
     gguf_path = pull(DEFAULT_MODEL) if "smollm2-135m" in models else None
