@@ -34,23 +34,38 @@ DbOption = Annotated[
         "--db", help="Database URL (default: MAESTRO_DATABASE_URL, else SQLite in the data dir)."
     ),
 ]
+ToolsOption = Annotated[
+    bool,
+    typer.Option(
+        "--tools/--no-tools",
+        help="Give the agent the built-in tools (calculator); without them it answers directly.",
+    ),
+]
 BudgetOption = Annotated[
     str, typer.Option("--budget", help="Effort preset for tasks: low, medium or high.")
 ]
 
 
 @app.callback(invoke_without_command=True)
-def tui(model: ModelOption = None, db: DbOption = None, budget: BudgetOption = "low") -> None:
+def tui(
+    model: ModelOption = None,
+    db: DbOption = None,
+    budget: BudgetOption = "low",
+    tools: ToolsOption = True,
+) -> None:
     """Chat, watch runs (plan, tools, requirements, budget), approve tools, manage memory."""
     if budget not in ("low", "medium", "high"):
         typer.echo(f"error: unknown budget preset {budget!r}; choose low, medium or high", err=True)
         raise typer.Exit(2)
     from maestro.tui.app import create_app
     from maestro.tui.launchers import default_launcher
-    from maestro.tui.models import DEFAULT_MODEL, display_name, model_loader
+    from maestro.tui.models import DEFAULT_MODEL, SCRIPTED_PREFIX, display_name, model_loader
     from maestro.tui.stores import DatabaseStore
 
     spec = model or DEFAULT_MODEL
+    # A scripted model answers every request with the same text, so it cannot plan: it runs
+    # the agent without tools (the loop then drafts directly).
+    use_tools = tools and not spec.startswith(SCRIPTED_PREFIX)
     choices = list(dict.fromkeys([spec, DEFAULT_MODEL]))
 
     async def open_store() -> DatabaseStore:
@@ -62,7 +77,7 @@ def tui(model: ModelOption = None, db: DbOption = None, budget: BudgetOption = "
         model_name=display_name(spec),
         load_model=model_loader(spec),
         open_store=open_store,
-        launcher=default_launcher(_builtin_tools()),
+        launcher=default_launcher(_builtin_tools() if use_tools else []),
         loader_for=model_loader,
         model_choices=choices,
         budget=budget,

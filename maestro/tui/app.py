@@ -135,10 +135,25 @@ class MaestroApp(App[None]):
         self._show_stats()
 
     def _model_loaded(self, model: Model) -> None:
-        self.model, self.model_error = model, None
         self.stats.name = getattr(model, "model_name", self.stats.name)
+        self._show_stats()
+        self.warm_model(model)
+
+    @work(exclusive=True, group="model-warm", exit_on_error=False)
+    async def warm_model(self, model: Model) -> None:
+        """Load the weights now rather than on the first request (``LocalModel.engine()``
+        reads them in a worker thread); remote models and test doubles have nothing to warm."""
+        engine_of = getattr(model, "engine", None)
+        engine: Any = None
+        if callable(engine_of):
+            try:
+                engine = await engine_of()
+            except Exception as exc:  # the status line must say why, whatever it was
+                self._model_failed(str(exc) if isinstance(exc, MaestroError) else repr(exc))
+                return
+        self.model, self.model_error = model, None
         self.stats.state = "ready"
-        length = getattr(model, "context_length", None)
+        length = getattr(engine, "context_length", None) or getattr(model, "context_length", None)
         self.stats.context_length = length if isinstance(length, int) else None
         self._show_stats()
         self.model_ready.set()

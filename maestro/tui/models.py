@@ -3,18 +3,17 @@
 A spec is one of:
 
 - a registry name or a path (``smollm2-135m-instruct``, ``./jamba-dir``, ``model.gguf``):
-  the embedded engine, ``maestro.llm.LocalModel`` (torch is imported in the loader thread,
-  so the window is usable before the weights are in memory);
+  the embedded engine, ``maestro.llm.LocalModel`` (torch is imported and the weights read
+  in a worker thread, so the window is usable before they are in memory);
 - an ``http://`` or ``https://`` URL: any OpenAI-compatible server through
   ``maestro.llm.OpenAIModel``; ``URL#name`` picks the served model name;
 - ``scripted:TEXT`` — a test hook: a model that answers every message with ``TEXT``
   (``\\n`` for newlines). The tmux smoke test uses it when the real engine cannot load;
-  it never touches the network or any weights.
+  it never touches the network or any weights. It cannot write plans, so ``maestro tui``
+  runs it without tools.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from maestro.errors import UserError
 from maestro.llm.base import Model
@@ -67,10 +66,8 @@ def _remote(spec: str) -> Model:
             "remote models need maestro.llm.openai, which is not installed in this build"
         ) from exc
     url, _, name = spec.partition("#")
-    kwargs: dict[str, Any] = {"base_url": url}
-    if name:
-        kwargs["model_name"] = name
-    model: Model = OpenAIModel(**kwargs)
+    # Single-model servers (llama.cpp, vLLM with one model) accept any name.
+    model: Model = OpenAIModel(name or "default", base_url=url)
     return model
 
 
@@ -82,10 +79,9 @@ def _local(spec: str) -> Model:
             f"the embedded engine (maestro.llm.local) is not installed in this build, so "
             f"{spec!r} cannot load; pass --model http://host:port/v1 for a remote model"
         ) from exc
-    model: Model = LocalModel(spec)
-    warm = getattr(model, "load", None)
-    if callable(warm):  # load the weights now, in this thread, not on the first request
-        warm()
+    # Cheap: the weights load when the app awaits ``model.engine()`` (see MaestroApp), in a
+    # worker thread, so the window is usable meanwhile.
+    model: Model = LocalModel(None if spec == DEFAULT_MODEL else spec)
     return model
 
 

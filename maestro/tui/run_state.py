@@ -30,7 +30,9 @@ from maestro.events import (
     ToolCallStarted,
 )
 
-StepState = Literal["pending", "running", "retried", "done", "failed", "skipped", "denied"]
+StepState = Literal[
+    "pending", "running", "retried", "done", "failed", "skipped", "denied", "cancelled"
+]
 Region = Literal["plan", "tools", "requirements", "budget", "text", "status"]
 
 _FINISHED_STATE: dict[str, StepState] = {
@@ -225,12 +227,17 @@ class RunView:
         return None
 
     def _settle_steps(self) -> None:
-        final: StepState = "done" if self.status == "completed" else "skipped"
+        """The run is over: nothing may still look like it is running."""
+        unfinished: StepState = "failed"
+        if self.status == "completed":
+            unfinished = "done"
+        elif self.status == "cancelled":
+            unfinished = "cancelled"
         for step in self.steps.values():
             if step.state in ("running", "retried"):
-                step.state = "failed" if self.status != "completed" else "done"
+                step.state = unfinished
             elif step.state == "pending" and self.status != "completed":
-                step.state = final
+                step.state = "skipped"
 
 
 def _label_for(key: str) -> str:

@@ -202,7 +202,7 @@ async def test_cancelling_a_run_stops_the_tool_and_records_it(db_store: Database
         await wait_until(pilot, lambda: app.run_view.status == "cancelled", what="cancelled")
         await app.workers.wait_for_complete()
         assert stopped == ["example.org"]
-        assert app.main_screen.query_one(PlanTree).state_of("tool:s1") == "failed"
+        assert app.main_screen.query_one(PlanTree).state_of("tool:s1") == "cancelled"
         bubble = app.main_screen.query_one(ChatLog).messages[-1]
         assert bubble.border_subtitle == "cancelled"
         assert model.remaining == 1  # no draft after the cancel

@@ -20,6 +20,7 @@ STATE_STYLE: dict[StepState, tuple[str, str]] = {
     "failed": ("✖", "bold red"),
     "skipped": ("–", "dim"),
     "denied": ("⊘", "red"),
+    "cancelled": ("■", "yellow"),
 }
 
 
