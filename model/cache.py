@@ -86,6 +86,13 @@ class HybridCache:
     ) -> None:
         if batch_size <= 0 or max_len <= 0:
             raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
+        with torch.inference_mode(False):
+            self._allocate(config, batch_size, max_len, dtype, device)
+
+    def _allocate(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,
+                  device: torch.device | str) -> None:
+        """Buffers are always normal tensors, never inference tensors: a cache made under
+        torch.inference_mode() must still accept writes from a forward run under no_grad."""
         self.config_hash = config.config_hash()
         self.batch_size = batch_size
         self.max_len = max_len
@@ -147,6 +154,10 @@ class HybridCache:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> CacheSnapshot:
+        with torch.inference_mode(False):  # normal tensors, usable in any mode later
+            return self._snapshot()
+
+    def _snapshot(self) -> CacheSnapshot:
         n = self.seq_len
         layers: list[LayerState] = [
             MambaState(s.conv.clone(), s.ssm.clone())

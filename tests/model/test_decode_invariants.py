@@ -147,6 +147,24 @@ def test_snapshot_restore_continue_equals_uninterrupted(name, models, kernel_bac
         assert snap.seq_len == 30
 
 
+def test_cache_works_across_inference_mode_and_no_grad(models, kernel_backend):
+    model = models("v01_pattern")
+    ids = tokens(model, 1, 12)
+    with torch.no_grad():
+        want = model(ids)
+    with torch.inference_mode():
+        cache = model.new_cache(1, 16)
+        first = model(ids[:, :6], cache)
+        snap = cache.snapshot()
+    with torch.no_grad():  # a cache made in inference mode keeps working outside it
+        rest = model(ids[:, 6:], cache)
+        cache.restore(snap)
+    with torch.inference_mode():
+        again = model(ids[:, 6:], cache)
+    assert report("inference_mode/no_grad mix", torch.cat([first, rest], 1), want) <= TOL
+    assert torch.equal(again, rest)
+
+
 def test_snapshot_from_another_model_or_batch_is_refused(models):
     jamba, llama = models("v01_pattern"), models("llama")
     snap = jamba.new_cache(1, 8).snapshot()
