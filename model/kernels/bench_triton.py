@@ -50,18 +50,37 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Inputs at Jamba sizes.
 
 
-def scan_inputs(batch: int, length: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
+DT_RANK = 128
+
+
+def _random(device: Any, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
     def r(*shape: int, dt: torch.dtype = dtype, scale: float = 1.0) -> torch.Tensor:
         if str(device) == "meta":
             return torch.empty(*shape, dtype=dt, device="meta")
         return (torch.randn(*shape, device=device) * scale).to(dt)
 
+    return r
+
+
+def scan_inputs(batch: int, length: int, dtype: torch.dtype, device: Any,
+                model_layout: bool = False) -> dict[str, Any]:
+    """``model_layout``: u, z are the halves of a transposed (Bt, L, 2ED) in_proj output and
+    B, C transposed slices of a (Bt, L, R+2N) x_proj output, as model/mamba.py passes them;
+    otherwise every tensor is contiguous (Bt, ED, L) / (Bt, N, L)."""
+    r = _random(device, dtype)
+    if model_layout:
+        u, z = r(batch, length, 2 * ED).transpose(1, 2).chunk(2, dim=1)
+        x_dbl = r(batch, length, DT_RANK + 2 * N_STATE)
+        B = x_dbl[..., DT_RANK : DT_RANK + N_STATE].transpose(1, 2)
+        C = x_dbl[..., DT_RANK + N_STATE :].transpose(1, 2)
+    else:
+        u, z = r(batch, ED, length), r(batch, ED, length)
+        B, C = r(batch, N_STATE, length), r(batch, N_STATE, length)
     return dict(
-        u=r(batch, ED, length), delta=r(batch, ED, length, scale=0.5),
+        u=u, delta=r(batch, ED, length, scale=0.5),
         A=-torch.exp(r(ED, N_STATE, dt=torch.float32, scale=0.5)),
-        B=r(batch, N_STATE, length), C=r(batch, N_STATE, length), D=r(ED, dt=torch.float32),
-        z=r(batch, ED, length), delta_bias=r(ED, dt=torch.float32, scale=0.1),
-        delta_softplus=True,
+        B=B, C=C, D=r(ED, dt=torch.float32), z=z,
+        delta_bias=r(ED, dt=torch.float32, scale=0.1), delta_softplus=True,
     )
 
 
@@ -75,13 +94,12 @@ def step_inputs(batch: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
     )
 
 
-def conv_inputs(batch: int, length: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
-    make = torch.empty if str(device) == "meta" else torch.randn
-    return dict(
-        x=make(batch, ED, length, device=device).to(dtype),
-        weight=make(ED, WIDTH, device=device).to(dtype),
-        bias=make(ED, device=device).to(dtype),
-    )
+def conv_inputs(batch: int, length: int, dtype: torch.dtype, device: Any,
+                model_layout: bool = False) -> dict[str, Any]:
+    """``model_layout``: x is the first half of a transposed (Bt, L, 2ED) in_proj output."""
+    r = _random(device, dtype)
+    x = r(batch, length, 2 * ED).transpose(1, 2)[:, :ED] if model_layout else r(batch, ED, length)
+    return dict(x=x, weight=r(ED, WIDTH), bias=r(ED))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,20 +162,22 @@ def _launches(dtype: torch.dtype) -> Iterator[tuple[str, Any, tuple, dict]]:
     from model.kernels import triton_conv, triton_scan, triton_state_update
 
     meta = torch.device("meta")
-    scan = scan_inputs(1, LENGTH, dtype, meta)
-    scan["initial_state"] = torch.empty(1, ED, N_STATE, device=meta)
-    with _captured_launches(triton_scan, "_selective_scan_kernel") as calls:
-        triton_scan.selective_scan(**scan)
-    yield ("selective_scan", *calls[0])
+    for model_layout in (False, True):
+        scan = scan_inputs(1, LENGTH, dtype, meta, model_layout)
+        scan["initial_state"] = torch.empty(1, ED, N_STATE, device=meta)
+        with _captured_launches(triton_scan, "_selective_scan_kernel") as calls:
+            triton_scan.selective_scan(**scan)
+        yield ("selective_scan" + (" (model layout)" if model_layout else ""), *calls[0])
     step = step_inputs(8, dtype, meta)
     with _captured_launches(triton_state_update, "_selective_state_update_kernel") as calls:
         triton_state_update.selective_state_update(**step)
     yield ("selective_state_update", *calls[0])
-    conv = conv_inputs(1, LENGTH, dtype, meta)
-    conv["initial_state"] = torch.empty(1, ED, WIDTH - 1, dtype=dtype, device=meta)
-    with _captured_launches(triton_conv, "_causal_conv1d_kernel") as calls:
-        triton_conv.causal_conv1d(**conv)
-    yield ("causal_conv1d", *calls[0])
+    for model_layout in (False, True):
+        conv = conv_inputs(1, LENGTH, dtype, meta, model_layout)
+        conv["initial_state"] = torch.empty(1, ED, WIDTH - 1, dtype=dtype, device=meta)
+        with _captured_launches(triton_conv, "_causal_conv1d_kernel") as calls:
+            triton_conv.causal_conv1d(**conv)
+        yield ("causal_conv1d" + (" (model layout)" if model_layout else ""), *calls[0])
     x = torch.empty(8, ED, dtype=dtype, device=meta)
     state = torch.empty(8, ED, WIDTH - 1, dtype=dtype, device=meta)
     with _captured_launches(triton_conv, "_causal_conv1d_update_kernel") as calls:
@@ -186,13 +206,13 @@ def _print_compile_report(rows: list[dict[str, Any]]) -> None:
     import triton
 
     print(f"Triton {triton.__version__}, torch {torch.__version__}; offline compile, no GPU used")
-    print(f"{'op':24s} {'dtype':5s} {'sm':>3s} {'warps':>5s} {'regs':>5s} {'spill B':>7s} "
+    print(f"{'op':30s} {'dtype':5s} {'sm':>3s} {'warps':>5s} {'regs':>5s} {'spill B':>7s} "
           f"{'stack B':>7s} {'smem B':>7s}")
     for r in rows:
         if "error" in r:
-            print(f"{r['op']:24s} {r['dtype']:5s} {r['sm']:3d} ERROR {r['error']}")
+            print(f"{r['op']:30s} {r['dtype']:5s} {r['sm']:3d} ERROR {r['error']}")
         else:
-            print(f"{r['op']:24s} {r['dtype']:5s} {r['sm']:3d} {r['num_warps']:5d} {r['regs']:5d} "
+            print(f"{r['op']:30s} {r['dtype']:5s} {r['sm']:3d} {r['num_warps']:5d} {r['regs']:5d} "
                   f"{r['local']:7d} {r['stack']:7d} {r['shared']:7d}")
 
 
@@ -274,17 +294,20 @@ def bench(sweep: bool = False, device: str = "cuda",
     for name in dtypes:
         dtype = DTYPES[name]
         es = dtype.itemsize
-        for batch in (1, 4):
-            a = scan_inputs(batch, LENGTH, dtype, dev)
+        # "model": the strided layout model/mamba.py passes (see scan_inputs); mamba-ssm and
+        # causal-conv1d copy such inputs to contiguous first, and that copy is in their time.
+        for batch, model_layout in ((1, False), (4, False), (1, True)):
+            shape = f"Bt={batch} L={LENGTH}" + (" model" if model_layout else "")
+            a = scan_inputs(batch, LENGTH, dtype, dev, model_layout)
             nbytes = batch * LENGTH * (4 * ED + 2 * N_STATE) * es + 2 * batch * ED * N_STATE * 4
             other = others.get("selective_scan")
-            row("selective_scan", f"Bt={batch} L={LENGTH}", name,
+            row("selective_scan", shape, name,
                 lambda a=a: triton_scan.selective_scan(**a),
                 lambda a=a: selective_scan_ref(**a),
                 (lambda a=a, f=other: f(a)) if other else None, nbytes)
-            c = conv_inputs(batch, LENGTH, dtype, dev)
+            c = conv_inputs(batch, LENGTH, dtype, dev, model_layout)
             other = others.get("causal_conv1d")
-            row("causal_conv1d", f"Bt={batch} L={LENGTH}", name,
+            row("causal_conv1d", shape, name,
                 lambda c=c: triton_conv.causal_conv1d(**c),
                 lambda c=c: causal_conv1d_ref(**c),
                 (lambda c=c, f=other: f(c)) if other else None, 2 * batch * ED * LENGTH * es)
@@ -307,7 +330,7 @@ def bench(sweep: bool = False, device: str = "cuda",
     from model.kernels.mamba_decode import mamba_decode_step_ref
     from model.kernels.triton_backend import mamba_decode_step
 
-    rank = 128
+    rank = DT_RANK
     for name in [d for d in dtypes if d != "fp16"]:
         for batch in (1, 8):
             s = step_inputs(batch, DTYPES[name], dev)
@@ -328,22 +351,30 @@ def bench(sweep: bool = False, device: str = "cuda",
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
     print(f"device: {name}; {_versions()}; Python {platform.python_version()}")
     print(f"sizes: ED={ED} N={N_STATE} K={WIDTH}; median of triton.testing.do_bench")
-    print(f"{'op':24s} {'shape':14s} {'dtype':5s} {'triton ms':>10s} {'GB/s':>7s} "
+    print(f"{'op':24s} {'shape':20s} {'dtype':5s} {'triton ms':>10s} {'GB/s':>7s} "
           f"{'ref ms':>9s} {'ref/tri':>8s} {'other ms':>9s} {'other/tri':>9s}")
     for r in rows:
         o = r["other_ms"]
-        print(f"{r['op']:24s} {r['shape']:14s} {r['dtype']:5s} {r['triton_ms']:10.4f} "
+        print(f"{r['op']:24s} {r['shape']:20s} {r['dtype']:5s} {r['triton_ms']:10.4f} "
               f"{r['triton_GBps']:7.0f} {r['ref_ms']:9.3f} {r['ref_ms'] / r['triton_ms']:8.1f} "
               + (f"{o:9.4f} {o / r['triton_ms']:9.2f}" if o is not None else f"{'-':>9s} {'-':>9s}"))
 
     if sweep:
-        print(f"\nselective_scan block sweep (bf16, Bt=1, L={LENGTH}): BLOCK_D BLOCK_L warps -> ms")
-        a = scan_inputs(1, LENGTH, torch.bfloat16, dev)
-        for block_d, block_l, warps in [(2, 32, 4), (4, 16, 4), (4, 32, 4), (8, 16, 4), (4, 64, 4),
-                                        (4, 64, 8), (8, 32, 8), (16, 32, 8), (8, 64, 8)]:
-            ms = time_ms(lambda bd=block_d, bl=block_l, w=warps: triton_scan.selective_scan(
-                **a, block_d=bd, block_l=bl, num_warps=w), False)
-            print(f"  {block_d:3d} {block_l:3d} {warps:2d} -> {ms:.4f}")
+        configs = {
+            False: [(2, 32, 4), (4, 16, 4), (4, 32, 4), (8, 16, 4), (4, 64, 4), (4, 64, 8),
+                    (8, 32, 8), (16, 32, 8), (8, 64, 8)],
+            True: [(8, 16, 4), (16, 8, 4), (32, 4, 4), (16, 16, 8), (32, 8, 8), (64, 4, 8),
+                   (16, 4, 2), (32, 2, 2)],
+        }
+        for model_layout, grid in configs.items():
+            layout = "model layout" if model_layout else "contiguous"
+            print(f"\nselective_scan block sweep (bf16, Bt=1, L={LENGTH}, {layout}): "
+                  "BLOCK_D BLOCK_L warps -> ms")
+            a = scan_inputs(1, LENGTH, torch.bfloat16, dev, model_layout)
+            for block_d, block_l, warps in grid:
+                ms = time_ms(lambda a=a, bd=block_d, bl=block_l, w=warps: triton_scan.selective_scan(
+                    **a, block_d=bd, block_l=bl, num_warps=w), False)
+                print(f"  {block_d:3d} {block_l:3d} {warps:2d} -> {ms:.4f}")
     return rows
 
 

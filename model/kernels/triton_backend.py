@@ -50,7 +50,7 @@ def _selective_scan(
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
     batch, channels, _ = u.shape
     state = u.new_empty((batch, channels, A.shape[1]), dtype=torch.float32)
-    return torch.empty_like(u, memory_format=torch.contiguous_format), state
+    return triton_scan.empty_sequence_like(u), state  # the real kernel's output layout
 
 
 @torch.library.custom_op(f"{_NS}::selective_state_update", mutates_args=("state",))
@@ -91,7 +91,7 @@ def _causal_conv1d(
 def _(x, weight, bias, initial_state, silu):
     batch, channels, _ = x.shape
     state = x.new_empty((batch, channels, weight.shape[1] - 1))
-    return torch.empty_like(x, memory_format=torch.contiguous_format), state
+    return triton_scan.empty_sequence_like(x), state
 
 
 @torch.library.custom_op(f"{_NS}::causal_conv1d_update", mutates_args=("conv_state",))

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels.triton_scan import channel_major, empty_sequence_like
+
 _ACTIVATIONS = (None, "silu", "swish")
 
 
@@ -188,15 +190,22 @@ def causal_conv1d(
     assert initial_state is None or initial_state.shape == (batch, channels, width - 1), (
         f"initial_state must be (Bt, ED, K-1) = {(batch, channels, width - 1)}"
     )
-    y = torch.empty((batch, channels, length), dtype=x.dtype, device=x.device)
+    y = empty_sequence_like(x)  # x's layout: see triton_scan.empty_sequence_like
     final_state = torch.empty((batch, channels, width - 1), dtype=x.dtype, device=x.device)
     if batch == 0 or channels == 0:
         return y, final_state
-    # ~8 elements of the (BLOCK_D, BLOCK_L) tile per thread at 4 warps. Offline sm_90 compiles
-    # (``python -m model.kernels.bench_triton --compile-report``, fp32, K = 4): (8, 128) 80
-    # registers, (16, 128) 168, (32, 128) 255 + an 88-byte stack frame. Not yet timed on a GPU.
-    block_l = block_l or min(128, max(16, triton.next_power_of_2(length)))
-    block_d = block_d or max(1, min(triton.next_power_of_2(channels), 1024 // block_l))
+    # The tile is long in the contiguous axis: L for a contiguous x, ED for the mixer's
+    # channel-major view of in_proj's output (64 channels = 128 bytes of bf16 per step), with
+    # ~4-8 elements per thread at 4 warps. Offline sm_90 compiles (``python -m
+    # model.kernels.bench_triton --compile-report``, fp32, K = 4): contiguous (8, 128) 80
+    # registers, (16, 128) 168, (32, 128) 255 + an 88-byte stack frame; channel-major (64, 8)
+    # 80, (64, 16) 149, (32, 16) 76. Not yet timed on a GPU.
+    if channel_major(x):
+        block_l = block_l or 8
+        block_d = block_d or min(triton.next_power_of_2(channels), 64)
+    else:
+        block_l = block_l or min(128, max(16, triton.next_power_of_2(length)))
+        block_d = block_d or max(1, min(triton.next_power_of_2(channels), 1024 // block_l))
     # At least one L tile, so that the final state is written even when L == 0.
     grid = (max(1, triton.cdiv(length, block_l)), triton.cdiv(channels, block_d), batch)
     _causal_conv1d_kernel[grid](

@@ -18,9 +18,12 @@ carried state is the last column. y_t = sum_n h_t C_t is reduced over N in regis
 the SiLU gate are fused in the epilogue. Padding steps past L get dt = 0 (a = 1, b = 0), so they
 leave h unchanged and the last column is always the state at step L-1.
 
-Memory: every input is read once and y written once; tiles are loaded along L (the contiguous
-axis in the usual (Bt, ED, L) layout), so loads coalesce. Arbitrary strides are accepted, so
-``x, z = xz.chunk(2, dim=1)`` views need no copy. mamba-ssm's CUDA kernel instead gives each
+Memory: every input is read once and y written once. Arbitrary strides are accepted, so the
+mixer's ``x, z = in_proj(h).transpose(1, 2).chunk(2, dim=1)`` views need no copy. Those are
+channel-major (ED contiguous, stride 2ED along L), unlike a contiguous (Bt, ED, L) tensor, so
+the launch heuristics pick wide-in-ED, short-in-L tiles for them (loads coalesce across
+channels) and long-in-L tiles otherwise; y is allocated in u's layout (see
+:func:`empty_sequence_like`), so ``y.transpose(1, 2)`` feeds out_proj without a copy. mamba-ssm's CUDA kernel instead gives each
 thread a run of consecutive steps and does a block-wide scan across threads; that needs shared
 memory choreography Triton does not expose, and this tiling is the Triton-native equivalent.
 
@@ -158,17 +161,36 @@ def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * ndim
 
 
-def default_scan_blocks(channels: int, n_state: int, length: int) -> tuple[int, int, int]:
+def channel_major(t: torch.Tensor) -> bool:
+    """Whether a (Bt, ED, L) tensor is stored with ED contiguous: a transposed (Bt, L, ED)."""
+    return t.dim() == 3 and t.shape[1] > 1 and t.stride(1) == 1 and t.stride(2) != 1
+
+
+def empty_sequence_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised tensor of ``t``'s (Bt, ED, L) shape, channel-major when ``t`` is (a
+    transposed (Bt, L, ED) buffer, so that writes coalesce like the reads and the caller's
+    ``.transpose(1, 2)`` is contiguous), else contiguous. The custom ops' fake kernels use it too."""
+    batch, channels, length = t.shape
+    dtype = dtype or t.dtype
+    if channel_major(t):
+        return torch.empty((batch, length, channels), dtype=dtype, device=t.device).transpose(1, 2)
+    return torch.empty((batch, channels, length), dtype=dtype, device=t.device)
+
+
+def default_scan_blocks(channels: int, n_state: int, length: int,
+                        ed_contiguous: bool = False) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_L, num_warps) for a launch.
 
     Each of the scan's (BLOCK_D, N, BLOCK_L) fp32 tiles is spread over 32 * num_warps threads;
     about 16 elements per thread keeps it in registers. Offline sm_90 compiles (ptxas, no GPU:
     ``python -m model.kernels.bench_triton --compile-report``) of the bf16 kernel with N = 16
     gave: (4, 32, 4 warps) 128 registers, (8, 16, 4) 96, (4, 64, 8) 147, (4, 64, 4) 254,
-    (8, 32, 2) 255 with a stack frame; none spilled. Not yet timed on a GPU.
+    (8, 32, 2) 255 with a stack frame; none spilled. For channel-major inputs the tile is wide
+    in ED (16 channels = one 32-byte sector of bf16 per step) and 8 steps long. Not yet timed
+    on a GPU.
     """
     block_n = triton.next_power_of_2(max(n_state, 1))
-    block_l = min(32, max(16, triton.next_power_of_2(length)))
+    block_l = 8 if ed_contiguous else min(32, max(16, triton.next_power_of_2(length)))
     block_d = max(1, min(triton.next_power_of_2(channels), 2048 // (block_n * block_l)))
     return block_d, block_l, 4
 
@@ -210,7 +232,7 @@ def selective_scan(
         "initial_state must be (Bt, ED, N)"
     )
 
-    y = torch.empty((batch, channels, length), dtype=u.dtype, device=u.device)
+    y = empty_sequence_like(u)
     final_state = torch.empty((batch, channels, n_state), dtype=torch.float32, device=u.device)
     if length == 0 or batch == 0 or channels == 0:
         if initial_state is None:
@@ -219,7 +241,7 @@ def selective_scan(
             final_state.copy_(initial_state)
         return y, final_state
 
-    dflt_d, dflt_l, dflt_w = default_scan_blocks(channels, n_state, length)
+    dflt_d, dflt_l, dflt_w = default_scan_blocks(channels, n_state, length, channel_major(u))
     block_d = block_d or dflt_d
     block_l = block_l or dflt_l
     grid = (triton.cdiv(channels, block_d), batch)

@@ -65,11 +65,12 @@ def _gen(seed: int, device: str) -> Callable[..., torch.Tensor]:
 
 def _scan_args(batch, channels, n_state, length, dtype, device="cpu", seed=0, full=True,
                strided=False) -> dict[str, Any]:
-    """Inputs for selective_scan. ``strided``: u and z are halves of one (Bt, 2ED, L) tensor and
-    B, C are transposed slices of one (Bt, L, R+2N) x_proj output, as in the Mamba mixer."""
+    """Inputs for selective_scan. ``strided``: the Mamba mixer's layout: u and z are halves of a
+    transposed (Bt, L, 2ED) in_proj output (ED contiguous) and B, C transposed slices of one
+    (Bt, L, R+2N) x_proj output."""
     r = _gen(seed, device)
     if strided:
-        xz = r(batch, 2 * channels, length).to(dtype)
+        xz = r(batch, length, 2 * channels).to(dtype).transpose(1, 2)
         u, z = xz.chunk(2, dim=1)
         x_dbl = r(batch, length, 3 + 2 * n_state).to(dtype)  # dt_rank 3
         B = x_dbl[..., 3 : 3 + n_state].transpose(1, 2)
@@ -122,6 +123,8 @@ def _errors(got: torch.Tensor, ref32: torch.Tensor, ref_low: torch.Tensor | None
 def check_scan(fn, batch, channels, n_state, length, dtype, device="cpu", **kw) -> dict[str, Any]:
     args = _scan_args(batch, channels, n_state, length, dtype, device, **kw)
     y, h = fn(**args)
+    if args["u"].shape[1] > 1 and args["u"].shape[2] > 1:  # y is stored like u (ED-contiguous)
+        assert (y.stride(1) == 1) == (args["u"].stride(1) == 1), (y.stride(), args["u"].stride())
     y_low, _ = selective_scan_ref(**args)  # fp32 math on the low-precision inputs, y rounded
     y32, h32 = selective_scan_ref(**_upcast(args))
     assert y.dtype == args["u"].dtype and y.shape == y32.shape, (y.dtype, y.shape)
@@ -179,10 +182,16 @@ def check_scan_equals_steps(scan_fn, step_fn, batch, channels, n_state, length, 
 
 
 def _conv_args(batch, channels, length, width, dtype, device="cpu", seed=0, full=True,
-               strided=False):
+               strided=False, model_layout=False):
+    """``strided``: x is a channel slice of a contiguous (Bt, 2ED, L); ``model_layout``: x is
+    the first half of a transposed (Bt, L, 2ED) in_proj output (ED contiguous)."""
     r = _gen(seed, device)
-    x = r(batch, 2 * channels, length).to(dtype)[:, :channels] if strided else r(
-        batch, channels, length).to(dtype)
+    if model_layout:
+        x = r(batch, length, 2 * channels).to(dtype).transpose(1, 2)[:, :channels]
+    elif strided:
+        x = r(batch, 2 * channels, length).to(dtype)[:, :channels]
+    else:
+        x = r(batch, channels, length).to(dtype)
     args = dict(x=x, weight=r(channels, width).to(dtype))
     if full:
         args.update(bias=r(channels).to(dtype), initial_state=r(batch, channels, width - 1).to(dtype),
@@ -195,6 +204,8 @@ def _conv_args(batch, channels, length, width, dtype, device="cpu", seed=0, full
 def check_conv(fn, batch, channels, length, width, dtype, device="cpu", **kw):
     args = _conv_args(batch, channels, length, width, dtype, device, **kw)
     y, s = fn(**args)
+    if args["x"].shape[1] > 1 and args["x"].shape[2] > 1:  # y is stored like x
+        assert (y.stride(1) == 1) == (args["x"].stride(1) == 1), (y.stride(), args["x"].stride())
     y_low, s_low = causal_conv1d_ref(**args)
     y32, s32 = causal_conv1d_ref(**_upcast(args))
     assert y.dtype == args["x"].dtype and s.dtype == args["x"].dtype
@@ -256,20 +267,26 @@ def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, 
 
 def check_custom_ops_opcheck() -> dict[str, Any]:
     """torch.library.opcheck on the backend's custom ops: schema, declared mutations, fake
-    (meta) kernels and AOT dispatch, i.e. what ``torch.compile`` relies on. Raises on failure."""
+    kernels (incl. output strides: channel-major inputs give channel-major outputs) and AOT
+    dispatch, i.e. what ``torch.compile`` relies on. Raises on failure."""
     ops = torch.ops.model_triton
     a = _scan_args(1, 4, 4, 5, torch.float32)
+    m = _scan_args(1, 4, 4, 5, torch.float32, strided=True)  # channel-major output layout
     s = _step_args(1, 4, 4, torch.float32)
     c = _conv_args(1, 4, 5, 4, torch.float32)
-    calls = {
-        "selective_scan": (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"],
-                           a["delta_bias"], True, a["initial_state"]),
-        "selective_state_update": tuple(s.values()),
-        "causal_conv1d": (c["x"], c["weight"], c["bias"], c["initial_state"], True),
-        "causal_conv1d_update": (c["x"][..., 0].contiguous(), c["initial_state"].clone(),
-                                 c["weight"], c["bias"], True),
-    }
-    for name, args in calls.items():
+    cm = _conv_args(1, 4, 5, 4, torch.float32, model_layout=True)
+    calls = [
+        ("selective_scan", (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"],
+                            a["delta_bias"], True, a["initial_state"])),
+        ("selective_scan", (m["u"], m["delta"], m["A"], m["B"], m["C"], None, m["z"], None,
+                            False, None)),
+        ("selective_state_update", tuple(s.values())),
+        ("causal_conv1d", (c["x"], c["weight"], c["bias"], c["initial_state"], True)),
+        ("causal_conv1d", (cm["x"], cm["weight"], None, None, False)),
+        ("causal_conv1d_update", (c["x"][..., 0].contiguous(), c["initial_state"].clone(),
+                                  c["weight"], c["bias"], True)),
+    ]
+    for name, args in calls:  # test_faketensor also compares fake and real output strides
         report = torch.library.opcheck(getattr(ops, name).default, args)
         assert set(report.values()) == {"SUCCESS"}, (name, report)
     return {}
@@ -319,7 +336,7 @@ def check_bench_script_runs() -> dict[str, Any]:
                                   dtypes=("bf16",))
     finally:
         bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH = saved
-    assert len(rows) == 8 + 2, len(rows)
+    assert len(rows) == 10 + 2, len(rows)
     return {}
 
 
@@ -369,6 +386,8 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
     c["scan_strided_views_bf16"] = lambda t: check_scan(
         lambda **a: t["scan"](**a, block_d=8, block_l=16), 1, 12, 8, 33, torch.bfloat16,
         strided=True)
+    c["scan_model_layout_default_blocks"] = lambda t: check_scan(
+        t["scan"], 2, 16, 8, 37, torch.float32, strided=True)
     c["scan_empty_sequence"] = lambda t: check_scan(t["scan"], 2, 4, 8, 0, torch.float32)
     c["scan_chunked_equals_one_call"] = lambda t: check_scan_chunked(
         lambda **a: t["scan"](**a, block_d=8, block_l=16), 2, 16, 8, 40, 23, torch.float32)
@@ -384,6 +403,8 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
             lambda **a: t["conv"](**a, block_d=4, block_l=16), 2, 16, 40, 4, d)
     c["conv_no_state_no_bias_strided"] = lambda t: check_conv(
         t["conv"], 2, 10, 37, 4, torch.float32, full=False, strided=True)
+    c["conv_model_layout_default_blocks"] = lambda t: check_conv(
+        t["conv"], 2, 16, 37, 4, torch.bfloat16, model_layout=True)
     c["conv_shorter_than_state"] = lambda t: check_conv(t["conv"], 2, 6, 2, 4, torch.float32)
     c["conv_shorter_than_state_no_state"] = lambda t: check_conv(
         t["conv"], 2, 6, 2, 4, torch.float32, full=False)
@@ -521,7 +542,8 @@ def test_kernels_compile_for_sm90_without_spills() -> None:
     for row in rows:
         print(row)
     assert {row["op"] for row in rows} == {
-        "selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update"}
+        "selective_scan", "selective_scan (model layout)", "selective_state_update",
+        "causal_conv1d", "causal_conv1d (model layout)", "causal_conv1d_update"}
     for row in rows:
         assert "error" not in row, row
         assert row["local"] == 0 and row["regs"] <= 255, row
