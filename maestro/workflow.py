@@ -36,7 +36,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from maestro.errors import MaestroError, UserError
 from maestro.runs import RunRecord, RunStore, StepRecord
@@ -45,6 +45,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 AGENT_PREFIX = "workflow:"
 STEP_KIND = "workflow_step"
+
+
+class Enqueuer(Protocol):
+    """The part of ``maestro.memory.queue.RunQueue`` that ``Workflow.enqueue`` needs."""
+
+    async def enqueue(self, task: str, *, agent_name: str, payload: dict[str, Any]) -> str: ...
 
 
 class WorkflowFailed(MaestroError):
@@ -176,6 +182,14 @@ class Workflow(Generic[P, R]):
         )
         await store.create_run(run)
         return await self.execute(store, run)
+
+    async def enqueue(self, queue: Enqueuer, /, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Queue a run for ``maestro worker`` (``queue``: ``Database.queue``); returns its id."""
+        payload = _json_roundtrip(
+            {"workflow": self.name, "args": list(args), "kwargs": dict(kwargs)},
+            f"the arguments of workflow {self.name}",
+        )
+        return await queue.enqueue(self.name, agent_name=AGENT_PREFIX + self.name, payload=payload)
 
     async def resume(self, run_id: str, *, store: RunStore) -> R:
         """Finish an interrupted run (a completed run just returns its stored result)."""

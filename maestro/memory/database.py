@@ -53,10 +53,11 @@ if TYPE_CHECKING:
 class Database:
     """An open Maestro database. Create with ``await Database.open(url)``."""
 
-    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+    def __init__(self, engine: AsyncEngine, url: URL, display_url: str | None = None) -> None:
         self.engine = engine
         self.url = url
-        self.display_url = mask_url(url)
+        #: The URL as the user wrote it, password masked: what every message shows.
+        self.display_url = display_url or mask_url(url)
         self.dialect = url.get_backend_name()
         self._read = async_sessionmaker(engine, expire_on_commit=False)
         self._write = async_sessionmaker(
@@ -66,12 +67,19 @@ class Database:
 
     @classmethod
     async def open(
-        cls, url: str | None = None, *, migrate: bool = True, create_dirs: bool | None = None
+        cls,
+        url: str | None = None,
+        *,
+        migrate: bool = True,
+        create_dirs: bool | None = None,
+        allow_pending: bool = False,
     ) -> Database:
         """Connect, check the schema (migrating it when ``migrate``), and return the database.
 
         ``create_dirs`` (default: only for the built-in default location) creates the parent
         directory of an SQLite file; an explicit URL to a missing directory is an error.
+        ``migrate=False, allow_pending=True`` opens an out-of-date database without touching
+        it (``maestro db status`` / ``upgrade`` use this to report before acting).
         """
         from maestro import settings
 
@@ -89,31 +97,35 @@ class Database:
                     f"{mask_url(parsed)}: directory {path.parent} does not exist; create it or "
                     "choose another path"
                 )
-        db = cls(create_engine(parsed), parsed)
+        db = cls(create_engine(parsed), parsed, mask_url(url))
         try:
-            await db.ensure_schema(upgrade=migrate)
+            await db.ensure_schema(upgrade=migrate, allow_pending=allow_pending)
         except BaseException:
             await db.engine.dispose()
             raise
         return db
 
-    async def ensure_schema(self, *, upgrade: bool) -> SchemaStatus:
+    async def ensure_schema(self, *, upgrade: bool, allow_pending: bool = False) -> SchemaStatus:
         """Refuse newer schemas; migrate older ones when ``upgrade``. Status *before*."""
         where = self.display_url
         try:
             async with self._connection(write=True) as conn:
-                return await conn.run_sync(lambda c: ensure_schema(c, upgrade=upgrade, where=where))
+                return await conn.run_sync(
+                    lambda c: ensure_schema(
+                        c, upgrade=upgrade, where=where, allow_pending=allow_pending
+                    )
+                )
         except StorageError:
             raise
         except (SQLAlchemyError, OSError) as exc:
-            raise translate_error(exc, self.url) from exc
+            raise translate_error(exc, self.display_url) from exc
 
     async def status(self) -> SchemaStatus:
         try:
             async with self._connection(write=False) as conn:
                 return await conn.run_sync(schema_status)
         except (SQLAlchemyError, OSError) as exc:
-            raise translate_error(exc, self.url) from exc
+            raise translate_error(exc, self.display_url) from exc
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -152,9 +164,9 @@ class Database:
             if exc.connection_invalidated:
                 with suppress(Exception):
                     await self.engine.dispose()
-            raise translate_error(exc, self.url) from exc
+            raise translate_error(exc, self.display_url) from exc
         except (SQLAlchemyError, OSError) as exc:
-            raise translate_error(exc, self.url) from exc
+            raise translate_error(exc, self.display_url) from exc
 
     # Repositories: created on first use so importing one does not import them all.
     @cached_property

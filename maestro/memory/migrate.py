@@ -64,10 +64,13 @@ def schema_status(connection: Connection) -> SchemaStatus:
     return SchemaStatus(current=current, head=head_revision(), known=known)
 
 
-def ensure_schema(connection: Connection, *, upgrade: bool, where: str) -> SchemaStatus:
+def ensure_schema(
+    connection: Connection, *, upgrade: bool, where: str, allow_pending: bool = False
+) -> SchemaStatus:
     """Refuse a newer schema; apply pending migrations when ``upgrade``; else insist on head.
 
-    Returns the status *before* any upgrade, so callers can report what they did.
+    ``allow_pending`` (with ``upgrade=False``) only refuses a newer schema: for commands that
+    inspect or upgrade the database. Returns the status *before* any upgrade.
     """
     status = schema_status(connection)
     if not status.known:
@@ -77,6 +80,8 @@ def ensure_schema(connection: Connection, *, upgrade: bool, where: str) -> Schem
             "refusing to read or write it.",
             url=where,
         )
+    if allow_pending and not upgrade:
+        return status
     if status.current is None and not upgrade and _has_foreign_tables(connection):
         raise SchemaOutOfDateError(
             f"{where} holds tables but no Maestro schema version; is it another application's "

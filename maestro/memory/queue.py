@@ -19,6 +19,7 @@ dead but was only slow) cannot finish a run a second time.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +63,17 @@ class RunQueue:
             )
         return run_id
 
-    async def claim(self, worker_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> RunRecord | None:
-        """Claim the oldest queued run, or one whose worker's lease expired; ``None`` if idle."""
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        agent_prefixes: Sequence[str] | None = None,
+    ) -> RunRecord | None:
+        """Claim the oldest queued run, or one whose worker's lease expired; ``None`` if idle.
+
+        ``agent_prefixes`` limits the claim to runs this worker knows how to execute.
+        """
         now = utcnow()
         claimable = or_(
             RunRow.status == "queued",
@@ -73,6 +83,10 @@ class RunQueue:
                 RunRow.lease_expires_at < now,
             ),
         )
+        if agent_prefixes:
+            claimable = and_(
+                claimable, or_(*(RunRow.agent_name.startswith(p) for p in agent_prefixes))
+            )
         pick = (
             select(RunRow.id)
             .where(claimable)
