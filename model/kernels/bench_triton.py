@@ -17,8 +17,9 @@ data) and reads registers, spill (local) memory and shared memory from the cubin
 ``cuobjdump`` that ships with Triton. It proves the kernels compile for a GPU and fit in
 registers; it says nothing about speed.
 
-STATUS: the session that wrote this had no GPU: the timing path has NOT been run; only
-``--compile-report`` was.
+STATUS: the session that wrote this had no GPU. The timing path has NOT been run on a GPU (the
+test suite only smoke-runs it on the CPU under the Triton interpreter with a dummy timer, at
+toy sizes); ``--compile-report`` was run.
 """
 
 from __future__ import annotations

@@ -23,14 +23,19 @@ mixer's ``x, z = in_proj(h).transpose(1, 2).chunk(2, dim=1)`` views need no copy
 channel-major (ED contiguous, stride 2ED along L), unlike a contiguous (Bt, ED, L) tensor, so
 the launch heuristics pick wide-in-ED, short-in-L tiles for them (loads coalesce across
 channels) and long-in-L tiles otherwise; y is allocated in u's layout (see
-:func:`empty_sequence_like`), so ``y.transpose(1, 2)`` feeds out_proj without a copy. mamba-ssm's CUDA kernel instead gives each
-thread a run of consecutive steps and does a block-wide scan across threads; that needs shared
-memory choreography Triton does not expose, and this tiling is the Triton-native equivalent.
+:func:`empty_sequence_like`), so ``y.transpose(1, 2)`` feeds out_proj without a copy.
+
+mamba-ssm's CUDA kernel instead gives each thread a run of consecutive steps and does a
+block-wide scan across threads; that needs shared-memory choreography Triton does not expose,
+and this tiling is the Triton-native equivalent.
 
 STATUS: verified for correctness ONLY under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
-(tests/model/test_kernels_triton.py). Neither correctness at real sizes on a GPU nor speed was
-measured in the session that wrote it (no GPU was available); the block sizes below are
-educated defaults to be tuned with ``python -m model.kernels.bench_triton`` on a real GPU.
+(tests/model/test_kernels_triton.py), and compiled offline for sm_80/sm_90 (no register
+spills; ``python -m model.kernels.bench_triton --compile-report``). GPU correctness at real
+sizes and speed were NOT measured in the session that wrote it (no GPU was available):
+``pytest -m gpu tests/model/test_kernels_triton.py`` checks the first and
+``python -m model.kernels.bench_triton`` times them. The default block sizes are chosen from register counts, not timings: sweep them with
+``python -m model.kernels.bench_triton --sweep`` on a GPU.
 """
 
 from __future__ import annotations

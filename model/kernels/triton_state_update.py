@@ -15,8 +15,11 @@ loaded at the same address, so the in-place update needs no barrier. The state m
 view into a larger cache (e.g. one layer of a (layers, Bt, ED, N) buffer).
 
 STATUS: verified for correctness ONLY under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
-(tests/model/test_kernels_triton.py). GPU correctness at real sizes and speed were NOT measured
-in the session that wrote it (no GPU); ``python -m model.kernels.bench_triton`` does both.
+(tests/model/test_kernels_triton.py), and compiled offline for sm_80/sm_90 (no register
+spills; ``python -m model.kernels.bench_triton --compile-report``). GPU correctness at real
+sizes and speed were NOT measured in the session that wrote it (no GPU was available):
+``pytest -m gpu tests/model/test_kernels_triton.py`` checks the first and
+``python -m model.kernels.bench_triton`` times them.
 """
 
 from __future__ import annotations
