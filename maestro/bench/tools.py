@@ -30,13 +30,22 @@ from typing import Any
 
 from maestro.bench import machine_info
 
-_VOCABULARY = """
-river engine harbor signal copper valley lantern orbit meadow cipher basalt glacier ferment
-turbine ledger beacon quartz canyon pollen vector summit delta anchor mirror saffron tundra
-circuit falcon harvest plasma marble comet willow rapids prism ember granite nectar voltage
-cobalt thunder lagoon timber nebula walnut mosaic fjord
-"""
-_WORDS = _VOCABULARY.split()
+_SYLLABLES = ("ka", "lo", "mi", "ren", "tas", "vo", "quel", "dor", "pi", "sa", "nu", "bex",
+              "tor", "ly", "gan", "fe", "zu", "mar", "ol", "wen")
+
+
+def _vocabulary(size: int = 5000) -> list[str]:
+    """Deterministic pseudo-words; sampled with Zipf weights they give text whose term
+    statistics look like natural language (a few very common words, a long tail)."""
+    rng = random.Random(11)
+    words: dict[str, None] = {}
+    while len(words) < size:
+        words["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4)))] = None
+    return list(words)
+
+
+_WORDS = _vocabulary()
+_ZIPF = [1.0 / (rank + 1) for rank in range(len(_WORDS))]
 
 
 def _hash_embed(texts: list[str]) -> Any:
@@ -50,7 +59,7 @@ def _hash_embed(texts: list[str]) -> Any:
 
 
 def _sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(n)) + "."
+    return " ".join(rng.choices(_WORDS, weights=_ZIPF, k=n)) + "."
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -120,7 +129,9 @@ async def bench_retrieval(pages: int, chunks: int, queries: int) -> dict[str, An
                 texts = [_sentence(rng, 120) for _ in range(min(batch, chunks - lo))]
                 await db.documents.add_chunks(
                     doc.id, [ChunkInput(t, 0, len(t)) for t in texts], _hash_embed(texts))
-            asked = [" ".join(rng.sample(_WORDS, 3)) for _ in range(queries)]
+            # Queries mix a common word with two mid-frequency ones, like real questions.
+            asked = [" ".join([rng.choice(_WORDS[:20]), *rng.sample(_WORDS[50:1000], 2)])
+                     for _ in range(queries)]
             timings: dict[str, list[float]] = {"fulltext": [], "vector": [], "hybrid": []}
             hybrid = Retriever(db, embedder=_hash_embed)
             for query in asked:

