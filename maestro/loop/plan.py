@@ -88,6 +88,44 @@ def check_plan(plan: Plan, tools: dict[str, Tool], max_steps: int) -> list[str]:
     return problems
 
 
+def drop_duplicate_steps(plan: Plan) -> Plan:
+    """Remove steps that repeat an earlier step exactly (same tool, arguments, dependencies),
+    pointing references at the kept step. Small models under a grammar tend to fill the step
+    budget with copies; running a call twice buys nothing and may repeat a side effect."""
+    kept: list[PlanStep] = []
+    seen: dict[str, str] = {}
+    alias: dict[str, str] = {}
+    for step in plan.steps:
+        step = _rename_references(step, alias)
+        if step.tool is None:
+            kept.append(step)
+            continue
+        signature = json.dumps([step.tool, step.args, sorted(step.depends_on)], sort_keys=True)
+        if signature in seen:
+            alias[step.id] = seen[signature]
+            continue
+        seen[signature] = step.id
+        kept.append(step)
+    return plan.model_copy(update={"steps": kept})
+
+
+def _rename_references(step: PlanStep, alias: dict[str, str]) -> PlanStep:
+    if not alias:
+        return step
+
+    def rename(value: Any) -> Any:
+        if isinstance(value, str):
+            return REFERENCE.sub(lambda m: "{{" + alias.get(m.group(1), m.group(1)) + "}}", value)
+        if isinstance(value, dict):
+            return {k: rename(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        return value
+
+    depends = sorted({alias.get(d, d) for d in step.depends_on})
+    return step.model_copy(update={"args": rename(step.args), "depends_on": depends})
+
+
 def _has_cycle(plan: Plan) -> bool:
     graph = {s.id: s.depends_on for s in plan.steps}
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
@@ -205,7 +243,7 @@ async def make_plan(
         )
         problems = check_plan(plan, tools, max_steps)
         if not problems:
-            return plan
+            return drop_duplicate_steps(plan)
         messages = [
             *messages,
             AssistantMessage(response.text or plan.model_dump_json()),

@@ -221,3 +221,17 @@ def test_plan_schema_routes_to_real_tools_with_their_argument_shapes() -> None:
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+
+
+def test_duplicate_plan_steps_are_dropped_and_references_follow() -> None:
+    from maestro.loop.plan import PLAN_ADAPTER, drop_duplicate_steps
+    from maestro.testing import plan, plan_step
+
+    raw = plan(
+        plan_step("s1", "calc", {"e": "17*23"}),
+        plan_step("s2", "calc", {"e": "17*23"}),
+        plan_step("s3", "fmt", {"v": "{{s2}}"}, depends_on=["s2"]),
+    )
+    deduped = drop_duplicate_steps(PLAN_ADAPTER.validate_json(raw))
+    assert [s.id for s in deduped.steps] == ["s1", "s3"]
+    assert deduped.steps[1].args == {"v": "{{s1}}"} and deduped.steps[1].depends_on == ["s1"]
