@@ -70,7 +70,9 @@ def _hf_jamba(quick: bool) -> tuple[Any, dict[str, Any]]:
     hf_cfg = _jamba_hf_config(quick)
     torch.manual_seed(_SEED)
     kwargs = {k: v for k, v in hf_cfg.items() if k != "model_type"}
-    return JambaForCausalLM(JambaConfig(**kwargs)).eval(), hf_cfg
+    model: Any = JambaForCausalLM(JambaConfig(**kwargs))
+    model.eval()
+    return model, hf_cfg
 
 
 def _cache_nbytes(obj: Any, seen: set[int] | None = None) -> int:
@@ -240,7 +242,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
             model = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=torch.float32
-            ).eval()
+            )
+            model.eval()
         vocab = 49152
     load_s = time.perf_counter() - start
     result = _run_ours(model, vocab, plan) if impl == "ours" else _run_hf(model, vocab, plan)
@@ -263,7 +266,8 @@ def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
     )
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT@@"):
-            return json.loads(line.removeprefix("@@RESULT@@"))
+            result: dict[str, Any] = json.loads(line.removeprefix("@@RESULT@@"))
+            return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
 
