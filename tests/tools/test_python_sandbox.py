@@ -394,3 +394,15 @@ def test_deep_recursion_does_not_take_the_host_down(fresh_sandbox: PythonSandbox
     )
     assert result.status in ("error", "timeout", "killed")
     assert fresh_sandbox.run("1").result == "1"
+
+
+def test_a_dropped_session_does_not_outlive_its_object() -> None:
+    import gc
+
+    sandbox = PythonSandbox()
+    sandbox.start()
+    proc = sandbox._proc
+    assert proc is not None and proc.poll() is None
+    del sandbox
+    gc.collect()
+    assert proc.poll() is not None  # killed by the finalizer, and reaped

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -126,6 +127,13 @@ def _probe_bwrap(bwrap: str) -> str | None:
     if proc.returncode != 0:
         return f"bubblewrap cannot create namespaces here: {proc.stderr.strip()}"
     return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _unprivileged_kwargs() -> dict[str, Any]:
@@ -212,6 +220,8 @@ class PythonSandbox:
                 start_new_session=True, **kwargs)
         finally:
             child_end.close()
+        # A session dropped without close() must not outlive its owner object.
+        weakref.finalize(self, _kill_group, self._proc)
         self._sock = host_end
         try:
             self._handshake()
@@ -248,6 +258,7 @@ class PythonSandbox:
     def _stage_worker(self) -> Path:
         """Copy the worker scripts to a world-readable, root-owned dir the sandbox can read."""
         stage = Path(tempfile.mkdtemp(prefix="maestro-sbx-code-"))
+        weakref.finalize(self, shutil.rmtree, stage, True)
         here = Path(__file__).parent
         for name in _WORKER_FILES:
             shutil.copyfile(here / name, stage / name)
@@ -302,10 +313,8 @@ class PythonSandbox:
     def _kill(self) -> None:
         """SIGKILL the whole sandbox. bwrap's --die-with-parent and the PID namespace take
         every process inside down with the outer bwrap process."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        if self._proc is not None:
+            _kill_group(self._proc)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
