@@ -11,6 +11,7 @@ Commands (database from ``$MAESTRO_DATABASE_URL``):
     workflow RUN_ID N     start or resume the @workflow ``squares`` under RUN_ID
     agent RUN_ID N        run the Agent job under RUN_ID
     agent-resume RUN_ID N Agent.resume(RUN_ID)
+    messages THREAD_ID N  append N messages to a thread, one transaction each
 
 The result is printed as one JSON line.
 """
@@ -107,6 +108,10 @@ async def main(argv: list[str]) -> None:
         elif command == "agent":
             res = await build_agent(db.runs, n).run("square 0..n-1 and sum them", run_id=run_id)
             result = {"answer": res.answer}
+        elif command == "messages":  # run_id is a thread id here; n messages, one per commit
+            for i in range(n):
+                await db.threads.add_message(run_id, "user", f"message {i} from {os.getpid()}")
+            result = {"written": n}
         elif command == "agent-resume":
             res = await build_agent(db.runs, n).resume(run_id)
             result = {"answer": res.answer}
