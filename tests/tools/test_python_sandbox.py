@@ -54,6 +54,14 @@ def test_errors_return_a_traceback_of_the_cell_only(shared_sandbox: PythonSandbo
     assert shared_sandbox.run("y").result == "41"
 
 
+def test_oversize_cells_are_refused_without_killing_the_session(
+    shared_sandbox: PythonSandbox,
+) -> None:
+    result = shared_sandbox.run("s = '" + "a" * (600 << 10) + "'")
+    assert result.status == "error" and "CodeTooLarge" in (result.error or "")
+    assert shared_sandbox.run("x").result == "41"
+
+
 def test_threads_still_work(shared_sandbox: PythonSandbox) -> None:
     code = """
     import threading

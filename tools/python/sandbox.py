@@ -56,6 +56,7 @@ from tools.python import harvest
 from tools.python.protocol import ProtocolError, recv_frame, send_frame
 
 SANDBOX_UID = 65534
+MAX_CODE_BYTES = 512 << 10  # the worker refuses request frames over 1 MiB
 _WORKER_FILES = ("worker.py", "confine.py")
 _INSIDE_WORKDIR = "/workspace"
 _INSIDE_CODE_DIR = "/sandbox"
@@ -342,6 +343,10 @@ class PythonSandbox:
 
     def run(self, code: str, timeout: float | None = None) -> ExecResult:
         """Run one cell. A timeout keeps the session; a hard kill restarts it (status killed)."""
+        if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
+            return ExecResult(status="error", error=(
+                f"CodeTooLarge: cells are limited to {MAX_CODE_BYTES} bytes; put data in a "
+                "file with write_file() and read it from the code instead"))
         self.start()
         assert self._sock is not None
         timeout = self.default_timeout if timeout is None else timeout
