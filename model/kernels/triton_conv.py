@@ -36,7 +36,9 @@ from model.kernels.triton_scan import channel_major, empty_sequence_like
 _ACTIVATIONS = (None, "silu", "swish")
 
 
-@triton.jit
+# Sequence lengths vary call to call: no specialisation on L (its ==1 / %16 cases), so a new
+# prompt length does not trigger a fresh compile.
+@triton.jit(do_not_specialize=["length"])
 def _causal_conv1d_kernel(
     x_ptr, w_ptr, bias_ptr, s0_ptr, y_ptr, sT_ptr,
     channels, length,

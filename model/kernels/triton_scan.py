@@ -57,7 +57,9 @@ def _softplus(x):
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
 
-@triton.jit
+# Sequence lengths vary call to call: no specialisation on L (its ==1 / %16 cases), so a new
+# prompt length does not trigger a fresh compile.
+@triton.jit(do_not_specialize=["length"])
 def _selective_scan_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     channels, n_state, length,

@@ -388,6 +388,10 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
         strided=True)
     c["scan_model_layout_default_blocks"] = lambda t: check_scan(
         t["scan"], 2, 16, 8, 37, torch.float32, strided=True)
+    c["scan_single_step_model_layout"] = lambda t: check_scan(  # a padded decode step's path
+        t["scan"], 2, 16, 8, 1, torch.bfloat16, strided=True)
+    c["conv_single_step_model_layout"] = lambda t: check_conv(
+        t["conv"], 2, 16, 1, 4, torch.bfloat16, model_layout=True)
     c["scan_empty_sequence"] = lambda t: check_scan(t["scan"], 2, 4, 8, 0, torch.float32)
     c["scan_chunked_equals_one_call"] = lambda t: check_scan_chunked(
         lambda **a: t["scan"](**a, block_d=8, block_l=16), 2, 16, 8, 40, 23, torch.float32)
