@@ -19,6 +19,7 @@ from model.kernels.dispatch import (
     register_backend,
     use,
 )
+from model.kernels.int8_linear import int8_linear, int8_linear_ref
 from model.kernels.mamba_decode import mamba_decode_step, mamba_decode_step_ref
 from model.kernels.selective_scan import (
     selective_scan,
@@ -34,6 +35,8 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "causal_conv1d_update_ref",
+    "int8_linear",
+    "int8_linear_ref",
     "mamba_decode_step",
     "mamba_decode_step_ref",
     "op_backends",

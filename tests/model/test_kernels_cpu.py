@@ -264,3 +264,23 @@ def test_ops_trace_under_torch_compile():
     for a, b in zip(eager, traced, strict=True):
         torch.testing.assert_close(a, b)
     assert state.abs().sum() > 0  # the in-place state update survived functionalisation
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 20])  # the matvec kernel, and dequantise + matmul
+def test_int8_linear(dtype, rows):
+    g = torch.Generator().manual_seed(12)
+    n_out, k_in = 37, 100  # neither a multiple of the 4-row block nor of the vector width
+    weight = torch.randint(-127, 128, (n_out, k_in), dtype=torch.int8, generator=g)
+    scale = torch.rand(n_out, generator=g) * 0.02
+    bias = torch.randn(n_out, generator=g)
+    x32 = torch.randn(2, rows, k_in, generator=g)
+    y32 = kernels.int8_linear_ref(x32, weight, scale, bias)
+    x = x32.to(dtype)
+    y = kernels.int8_linear(x, weight, scale, bias)
+    assert y.shape == (2, rows, n_out) and y.dtype == dtype
+    if dtype == torch.float32:
+        _assert_fp32(f"int8 linear rows={rows}", y, y32)
+    else:
+        y_low = kernels.int8_linear_ref(x, weight, scale, bias)
+        _assert_low_precision(f"int8 linear bf16 rows={rows}", y, y_low, y32)

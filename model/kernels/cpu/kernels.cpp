@@ -22,7 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <cmath>
@@ -628,6 +628,98 @@ Tensor mamba_decode_step(const Tensor& x, const std::optional<Tensor>& z, Tensor
   return out;
 }
 
+// ---------------------------------------------------------------------------------------
+// Weight-only int8 linear for decode: y = (x @ W8^T) * scale + bias, W8 (N, K) int8 with one
+// fp32 scale per output row. Decode is bound by reading weights, so reading 1 byte per weight
+// instead of 4 is the point; the int8 -> fp32 conversion happens in registers. Meant for few
+// rows of x (decode steps); the Python wrapper dequantises for long prefill chunks, where the
+// matmul is compute-bound and the BLAS kernel wins.
+// ---------------------------------------------------------------------------------------
+Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
+                   const std::optional<Tensor>& bias) {
+  check_cpu(x, "x");
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous(),
+              "int8_linear: weight must be a contiguous int8 (N, K) tensor");
+  const int64_t n_out = weight.size(0), k_in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == k_in, "int8_linear: x's last dimension must be K = ", k_in);
+  TORCH_CHECK(scale.numel() == n_out, "int8_linear: scale must hold one value per output row");
+  const Tensor x2 = x.reshape({-1, k_in}).to(at::kFloat).contiguous();  // (M, K) fp32
+  const int64_t rows = x2.size(0);
+  const Tensor sf = f32(scale), bf = f32(bias);
+  Tensor out = at::empty({rows, n_out}, x.options().dtype(at::kFloat));
+  const float* xp = x2.data_ptr<float>();
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float *sp = sf.data_ptr<float>(), *bp = ptr_or_null(bf);
+  float* op = out.data_ptr<float>();
+  constexpr int64_t RB = 4;  // output rows per step: x is re-read from L1 once per 4 rows
+  at::parallel_for(0, (n_out + RB - 1) / RB, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * RB, nr = std::min(RB, n_out - n0);
+      for (int64_t m = 0; m < rows; ++m) {
+        const float* xm = xp + m * k_in;
+        float acc[RB] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int64_t k0 = 0;
+#if defined(__AVX512F__)
+        if (nr == RB) {  // four rows share each 16-wide load of x
+          __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+          const int8_t* w0 = wp + n0 * k_in;
+          auto row = [&](int64_t r, int64_t k) {
+            const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + r * k_in + k));
+            return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+          };
+          for (; k0 + 16 <= k_in; k0 += 16) {
+            const __m512 xv = _mm512_loadu_ps(xm + k0);
+            a0 = _mm512_fmadd_ps(row(0, k0), xv, a0);
+            a1 = _mm512_fmadd_ps(row(1, k0), xv, a1);
+            a2 = _mm512_fmadd_ps(row(2, k0), xv, a2);
+            a3 = _mm512_fmadd_ps(row(3, k0), xv, a3);
+          }
+          acc[0] = _mm512_reduce_add_ps(a0);
+          acc[1] = _mm512_reduce_add_ps(a1);
+          acc[2] = _mm512_reduce_add_ps(a2);
+          acc[3] = _mm512_reduce_add_ps(a3);
+        }
+#elif defined(__AVX2__) && defined(__FMA__)
+        if (nr == RB) {  // four rows share each 8-wide load of x; 8 independent accumulators
+          __m256 a[2 * RB];
+          for (auto& v : a) v = _mm256_setzero_ps();
+          const int8_t* w0 = wp + n0 * k_in;
+          auto row = [&](int64_t r, int64_t k) {
+            const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w0 + r * k_in + k));
+            return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+          };
+          for (; k0 + 16 <= k_in; k0 += 16) {
+            const __m256 x0 = _mm256_loadu_ps(xm + k0), x1 = _mm256_loadu_ps(xm + k0 + 8);
+            for (int r = 0; r < RB; ++r) {
+              a[2 * r] = _mm256_fmadd_ps(row(r, k0), x0, a[2 * r]);
+              a[2 * r + 1] = _mm256_fmadd_ps(row(r, k0 + 8), x1, a[2 * r + 1]);
+            }
+          }
+          for (int r = 0; r < RB; ++r) {
+            const __m256 v = _mm256_add_ps(a[2 * r], a[2 * r + 1]);
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            acc[r] = _mm_cvtss_f32(h);
+          }
+        }
+#endif
+        for (int64_t r = 0; r < nr; ++r) {
+          const int8_t* wr = wp + (n0 + r) * k_in;
+          float tail = 0.0f;  // the whole row without AVX-512, else the last K % 16 columns
+#pragma omp simd reduction(+ : tail)
+          for (int64_t k = k0; k < k_in; ++k) tail += static_cast<float>(wr[k]) * xm[k];
+          const int64_t n = n0 + r;
+          op[m * n_out + n] = (acc[r] + tail) * sp[n] + (bp ? bp[n] : 0.0f);
+        }
+      }
+    }
+  });
+  auto sizes = x.sizes().vec();
+  sizes.back() = n_out;
+  return out.view(sizes).to(x.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(model_kernels, m) {
@@ -649,6 +741,7 @@ TORCH_LIBRARY(model_kernels, m) {
       "Tensor conv_weight, Tensor? conv_bias, Tensor x_proj_weight, Tensor dt_proj_weight, "
       "Tensor? dt_proj_bias, Tensor A, Tensor? D, Tensor? dt_norm_weight, "
       "Tensor? b_norm_weight, Tensor? c_norm_weight, float norm_eps) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
@@ -657,4 +750,5 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("causal_conv1d_update", &causal_conv1d_update);
   m.impl("selective_state_update", &selective_state_update);
   m.impl("mamba_decode_step", &mamba_decode_step);
+  m.impl("int8_linear", &int8_linear);
 }

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("kernels.cpp")
 _CFLAGS = [
-    "-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-std=c++17", "-DNDEBUG",
+    "-O3", "-march=native", "-mprefer-vector-width=256", "-fopenmp", "-std=c++17", "-DNDEBUG",
     # Lets GCC vectorise float->int conversions and libm-free math; we never read FP traps.
     "-fno-trapping-math", "-fno-math-errno",
 ]
@@ -39,6 +39,9 @@ _FIX = (
     "the C++ CPU kernels need a C++ compiler (apt-get install g++) and ninja "
     "(pip install ninja); or call model.kernels.use('ref') to run the PyTorch reference"
 )
+
+# Up to this many rows of x the int8 matvec kernel runs; beyond, dequantise + BLAS matmul.
+_INT8_MATVEC_MAX_ROWS = 8
 
 _lock = threading.Lock()
 _ops: dict[str, Callable[..., Any]] | None = None
@@ -118,6 +121,10 @@ def _register_fakes() -> None:
                c_norm_weight, norm_eps):
         return torch.empty_like(x)
 
+    @torch.library.register_fake(lib + "int8_linear")
+    def _int8(x, weight, scale, bias):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
 
 def _silu_flag(activation: str | None) -> bool:
     if activation in ("silu", "swish"):
@@ -154,7 +161,16 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             dt_proj_bias, A, D, dt_norm_weight, b_norm_weight, c_norm_weight, float(norm_eps),
         )
 
+    def int8_linear(x, weight, scale, bias=None):
+        rows = x.numel() // max(x.shape[-1], 1)
+        if rows > _INT8_MATVEC_MAX_ROWS:
+            # Prefill: compute-bound, so dequantise once and let the BLAS matmul do the work.
+            w = (weight.to(x.dtype) * scale.to(x.dtype)[:, None])
+            return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+        return ops.int8_linear(x, weight, scale, bias)
+
     return {
+        "int8_linear": int8_linear,
         "selective_scan": selective_scan,
         "causal_conv1d": causal_conv1d,
         "causal_conv1d_update": causal_conv1d_update,
