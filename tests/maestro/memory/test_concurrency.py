@@ -47,9 +47,7 @@ async def test_concurrent_runs_lose_nothing(db: Database) -> None:
     assert await db.threads.count_messages() == writers * count
     for i, thread_id in enumerate(threads):
         messages = await db.threads.list_messages(thread_id)
-        assert [m.content for m in messages] == [
-            f"run-{i} message {j}" for j in range(count)
-        ]
+        assert [m.content for m in messages] == [f"run-{i} message {j}" for j in range(count)]
         assert len(await db.runs.get_steps(f"run-{i}")) == count // STEP_EVERY
         assert len(await db.runs.get_events(f"run-{i}")) == count // STEP_EVERY
     assert await db.runs.count_runs("completed") == writers
