@@ -13,7 +13,10 @@
 //   (libm's expf would not vectorise without -ffast-math, which we avoid).
 // - The scan is chunked over the sequence (TCHUNK steps): the per-chunk buffers of one channel
 //   block stay in L1 however long the input is. Work is split over (batch, channel block)
-//   with at::parallel_for (OpenMP), so torch.set_num_threads governs it.
+//   with at::parallel_for (OpenMP), so torch.set_num_threads governs it. Decode-sized work
+//   (a few microseconds) uses large grains and stays on one thread: waking a second thread
+//   costs more than it saves, and on an oversubscribed machine a parallel region waits for a
+//   descheduled thread for a whole time slice.
 // - Inputs may be strided (e.g. the (Bt, L, ED) output of in_proj seen as (Bt, ED, L)): the
 //   gathers into the chunk buffers use strides, which costs ~1/N of the exp work.
 
@@ -426,7 +429,7 @@ Tensor causal_conv1d_update(const Tensor& x, Tensor& conv_state, const Tensor& w
     scalar_t* sp = conv_state.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t sxb = x.stride(0), sxd = x.stride(1);
-    at::parallel_for(0, batch * channels, 1024, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * channels, 16384, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / channels, d = row % channels;
         float y = conv_step(sp + row * size, size, ld(xp + b * sxb + d * sxd), w + d * width,
@@ -473,7 +476,7 @@ Tensor selective_state_update(Tensor& state, const Tensor& x, const Tensor& dt, 
   float* h = state.data_ptr<float>();
   Tensor out32 = at::empty({batch, channels}, x.options().dtype(at::kFloat));
   float* op = out32.data_ptr<float>();
-  at::parallel_for(0, batch * channels, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * channels, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / channels, d = row % channels;
       float step = dp[row] + (bp ? bp[d] : 0.0f);
@@ -528,7 +531,7 @@ void mamba_decode_kernel(const Tensor& x, const Tensor& z, Tensor& conv_state, T
 
   std::vector<float> u(batch * channels), proj(batch * n_proj);
   // Phase 1: conv step + SiLU, per channel.
-  at::parallel_for(0, batch * channels, 512, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * channels, 16384, [&](int64_t begin, int64_t end) {
     float w[16];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / channels, d = row % channels;
@@ -559,7 +562,7 @@ void mamba_decode_kernel(const Tensor& x, const Tensor& z, Tensor& conv_state, T
     rms_norm_inplace(p + rank + n_state, n_state, cwn, eps);
   }
   // Phase 4: dt_proj row + bias + softplus, scan step, D skip, gate, per channel.
-  at::parallel_for(0, channels, 128, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, channels, 512, [&](int64_t begin, int64_t end) {
     for (int64_t d = begin; d < end; ++d) {
       const T* pr = P + d * rank;
       for (int64_t b = 0; b < batch; ++b) {
