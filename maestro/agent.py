@@ -36,7 +36,7 @@ import pydantic
 from maestro import tracing
 from maestro.budget import Budget, BudgetTracker
 from maestro.errors import BudgetExceeded, ModelError, UnexpectedModelBehavior, UserError
-from maestro.events import Event, PlanMade, RunFinished, RunStarted, TextDelta
+from maestro.events import BudgetUpdate, Event, PlanMade, RunFinished, RunStarted, TextDelta
 from maestro.llm.base import Model
 from maestro.loop.chat import ChatLoop, ChatResult, EventCallback
 from maestro.loop.context import RunContext, TraceStep
@@ -243,7 +243,9 @@ class Agent:
         store = self.store
 
         async def emit(event: Event) -> None:
-            if not isinstance(event, TextDelta):
+            # Token deltas and budget ticks are for live consumers; the stored event log keeps
+            # what a reader needs to reconstruct the run.
+            if not isinstance(event, TextDelta | BudgetUpdate):
                 await store.append_event(run_id, event.to_dict())
             await sink(event)
 

@@ -128,7 +128,8 @@ class InMemoryRunStore:
         run.finished_at = time.time()
 
     async def append_event(self, run_id: str, event: dict[str, Any]) -> None:
-        self.events.setdefault(run_id, []).append(_json_copy(event))
+        # Event dicts come from Event.to_dict(), already fresh JSON-safe copies.
+        self.events.setdefault(run_id, []).append(dict(event))
 
 
 __all__ = ["InMemoryRunStore", "RunRecord", "RunStatus", "RunStore", "StepRecord", "StepStatus"]

@@ -7,9 +7,13 @@ scheduling, argument substitution, validation, events, journal writes to the run
 budget checks and the drafting that follows. Two plan shapes: N independent steps (one
 concurrent wave) and a chain of N dependent steps (each waits for the previous).
 
-The baseline measured in the same process is the same N tool calls made directly with
-``asyncio.gather`` (and in a plain loop for the chain): no validation, no events, no store —
-the floor any framework sits on. Peak memory of a 100-step run is measured separately with
+Measured in the same process beside it: the same N tool calls made directly with
+``asyncio.gather`` (a plain loop for the chain) — no validation, no events, no store, the
+floor any framework sits on — and, when ``pydantic-ai`` is installed
+(``pip install maestro-agents[bench]``), pydantic-ai's agent with a ``FunctionModel`` that
+asks for the N calls at once (independent) or one per turn (chain), timed the same way.
+Its loop differs (no plan, a model turn per chained call, no run store), so the ratio says
+what each framework's bookkeeping costs per tool call, not which design is better. Peak memory of a 100-step run is measured separately with
 ``tracemalloc`` (Python allocations), since tracing allocations slows the timed runs.
 Target: at most 2 ms of overhead per step.
 """
@@ -118,6 +122,52 @@ async def _baseline(steps: int, chain: bool) -> float:
     return (time.perf_counter() - started) * 1000 / steps
 
 
+async def _pydantic_ai_run(steps: int, chain: bool) -> float | None:
+    """pydantic-ai's overhead in ms per tool call, or None when it is not installed."""
+    try:
+        from pydantic_ai import Agent as PaiAgent
+        from pydantic_ai.messages import ModelMessage, TextPart, ToolCallPart, ToolReturnPart
+        from pydantic_ai.messages import ModelResponse as PaiResponse
+        from pydantic_ai.models.function import AgentInfo, FunctionModel
+        from pydantic_ai.usage import UsageLimits
+    except ImportError:
+        return None
+    inside = [0.0]
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> PaiResponse:
+        started = time.perf_counter()
+        returns = [
+            p for m in messages for p in getattr(m, "parts", []) if isinstance(p, ToolReturnPart)
+        ]
+        if chain and len(returns) < steps:
+            last = int(str(returns[-1].content)) if returns else 0
+            parts: list[Any] = [
+                ToolCallPart("increment", {"x": last}, tool_call_id=f"c{len(returns)}")
+            ]
+        elif not chain and not returns:
+            parts = [
+                ToolCallPart("increment", {"x": i}, tool_call_id=f"c{i}") for i in range(steps)
+            ]
+        else:
+            parts = [TextPart("done")]
+        inside[0] += time.perf_counter() - started
+        return PaiResponse(parts=parts)
+
+    agent = PaiAgent(FunctionModel(respond))
+
+    @agent.tool_plain
+    async def increment(x: int) -> int:
+        """Add one to x."""
+        started = time.perf_counter()
+        value = x + 1
+        inside[0] += time.perf_counter() - started
+        return value
+
+    started = time.perf_counter()
+    await agent.run("bench", usage_limits=UsageLimits(request_limit=steps + 2))
+    return (time.perf_counter() - started - inside[0]) * 1000 / steps
+
+
 async def _measure(steps: int, chain: bool, repeats: int) -> dict[str, Any]:
     await _one_run(steps, chain)  # warm-up: imports, pydantic schema caches
     runs = []
@@ -126,7 +176,13 @@ async def _measure(steps: int, chain: bool, repeats: int) -> dict[str, Any]:
         runs.append(await _one_run(steps, chain))
     baseline = statistics.median([await _baseline(steps, chain) for _ in range(repeats)])
     overhead = statistics.median(r["overhead_ms_per_step"] for r in runs)
+    competitor: float | None = None
+    if await _pydantic_ai_run(steps, chain) is not None:  # warm-up, then measure
+        samples = [await _pydantic_ai_run(steps, chain) for _ in range(repeats)]
+        competitor = statistics.median(x for x in samples if x is not None)
     return {
+        "pydantic_ai_ms_per_step": None if competitor is None else round(competitor, 4),
+        "ratio_vs_pydantic_ai": None if competitor is None else round(overhead / competitor, 3),
         "steps": steps,
         "shape": "chain" if chain else "independent",
         "repeats": repeats,
@@ -163,7 +219,20 @@ async def _run_all(quick: bool) -> dict[str, Any]:
         },
         "results": [await _measure(steps, False, repeats), await _measure(steps, True, repeats)],
         "memory": await _peak_memory(steps),
+        "versions": _versions(),
     }
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for package in ("maestro-agents", "pydantic", "anyio", "pydantic-ai-slim"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 def main(json_output: bool = False, quick: bool = False) -> dict[str, Any]:
@@ -178,14 +247,21 @@ def main(json_output: bool = False, quick: bool = False) -> dict[str, Any]:
         print(f"settings: {json.dumps(report['settings'])}")
         print(
             f"{'shape':<12} {'steps':>5} {'overhead ms/step':>17} {'direct ms/call':>15} "
-            f"{'wall ms':>9}  target"
+            f"{'pydantic-ai ms/call':>20} {'ratio':>6} {'wall ms':>9}  target"
         )
         for row in report["results"]:
+            pai = row["pydantic_ai_ms_per_step"]
+            pai_text = "not installed" if pai is None else f"{pai:.3f}"
+            ratio = row["ratio_vs_pydantic_ai"]
+            ratio_text = "-" if ratio is None else f"{ratio:.2f}"
+            verdict = "ok" if row["within_target"] else "MISSED"
             print(
                 f"{row['shape']:<12} {row['steps']:>5} {row['overhead_ms_per_step']:>17.3f} "
-                f"{row['direct_call_ms_per_step']:>15.4f} {row['wall_ms_median']:>9.1f}  "
-                f"{'ok' if row['within_target'] else 'MISSED'} (≤ {TARGET_MS_PER_STEP} ms)"
+                f"{row['direct_call_ms_per_step']:>15.4f} {pai_text:>20} {ratio_text:>6} "
+                f"{row['wall_ms_median']:>9.1f}  {verdict} (≤ {TARGET_MS_PER_STEP} ms)"
             )
+        versions = report["versions"]
+        print(f"versions: {json.dumps(versions)}")
         memory = report["memory"]
         print(
             f"peak Python memory of a {memory['steps']}-step run: "

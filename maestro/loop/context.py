@@ -58,7 +58,16 @@ class TraceStep:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "status": self.status,
+            "started_at": self.started_at,
+            "duration_s": self.duration_s,
+            "error": self.error,
+            "replayed": self.replayed,
+            "detail": dict(self.detail),
+        }
 
 
 def _message_chars(message: Message) -> str:
