@@ -172,3 +172,31 @@ async def test_real_embedder_finds_paraphrases(tmp_path: Path) -> None:
         assert any(c.source.endswith("lighthouses.csv") for c in results)
     finally:
         await db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_hybrid_search(postgres_url: str, tmp_path: Path) -> None:
+    """The same retrieval on PostgreSQL (ts_rank full text + vectors), one fresh collection."""
+    import uuid
+
+    db = await Database.open(postgres_url)
+    try:
+        r = Retriever(db, embedder=hashing_embedder, collection=f"t{uuid.uuid4().hex[:8]}",
+                      chunk_tokens=40, overlap_tokens=8)
+        pdf = tmp_path / "pump.pdf"
+        pdf.write_bytes(make_pdf(PDF_PAGES, title="Model K manual"))
+        report = await r.ingest_paths([CORPUS, pdf])
+        assert report.documents == 5
+        for question, must_contain in [
+            ("Which volcano was called the gateway to hell?", "gateway to hell"),
+            ("Who patented the espresso machine?", "Moriondo"),
+            ("How often must the impeller seal be replaced?", "impeller seal"),
+        ]:
+            results = await r.search(question, k=3)
+            assert any(must_contain in c.text for c in results), (question, results)
+        [seal] = [c for c in await r.search("impeller seal", k=3) if "impeller" in c.text][:1]
+        assert seal.location == "pump.pdf, page 2, lines 4-5"
+        ok = await check_grounding(f'"Replace the impeller seal" [{seal.label}]', r)
+        assert ok.ok
+    finally:
+        await db.close()
