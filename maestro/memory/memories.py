@@ -15,7 +15,7 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.memory.errors import NotFoundError, UserError
@@ -106,6 +106,41 @@ class MemoryRepository:
             row.source_run_id, row.source_message_id = prov.run_id, prov.message_id
             await session.flush()
             return to_item(row)
+
+    async def remember_many(
+        self,
+        user_id: str,
+        texts: builtins.list[str],
+        *,
+        provenance: Provenance | None = None,
+        embed: Embedder | None = None,
+    ) -> int:
+        """Store many archival memories in one transaction (imports, benchmarks)."""
+        if any(not t.strip() for t in texts):
+            raise UserError("cannot remember an empty text")
+        embedder = embed or self.embed
+        blobs = embed_texts(embedder, texts) if embedder and texts else [None] * len(texts)
+        prov = provenance or Provenance()
+        now = utcnow()
+        rows = [
+            {
+                "user_id": user_id,
+                "kind": "archival",
+                "label": None,
+                "text": t,
+                "embedding": b,
+                "source_run_id": prov.run_id,
+                "source_message_id": prov.message_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for t, b in zip(texts, blobs, strict=True)
+        ]
+        async with self._db.session(write=True) as session:
+            await ensure_user(session, user_id)
+            if rows:
+                await session.execute(insert(MemoryItemRow), rows)
+        return len(rows)
 
     async def recall(
         self,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from maestro.memory import Database
-from tests.maestro.memory.pgserver import PgServer, find_bin_dir
+from maestro.memory.pgtemp import PgServer, find_bin_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

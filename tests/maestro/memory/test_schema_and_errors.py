@@ -121,7 +121,7 @@ async def test_unreachable_server_names_the_url_with_password_masked() -> None:
 
 @pytest.mark.postgres
 async def test_missing_postgres_database_is_a_clear_error(pg_server: object) -> None:
-    from tests.maestro.memory.pgserver import PgServer
+    from maestro.memory.pgtemp import PgServer
 
     assert isinstance(pg_server, PgServer)
     with pytest.raises(StorageError, match="does not exist"):

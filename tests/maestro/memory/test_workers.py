@@ -26,7 +26,7 @@ N, K = 6, 2
 async def test_two_workers_one_killed_mid_run_the_other_finishes_once(
     pg_server: object, tmp_path: Path
 ) -> None:
-    from tests.maestro.memory.pgserver import PgServer
+    from maestro.memory.pgtemp import PgServer
 
     assert isinstance(pg_server, PgServer)
     url = pg_server.create_database()

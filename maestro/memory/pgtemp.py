@@ -1,4 +1,7 @@
-"""A throwaway PostgreSQL server for the storage tests (and ``maestro bench memory``'s test).
+"""A throwaway PostgreSQL server: for the storage tests and ``maestro bench memory``.
+
+Not for production data. Uses the system's PostgreSQL binaries (``/usr/lib/postgresql/<v>/bin``
+or ``$MAESTRO_PG_BIN``); ``find_bin_dir()`` is ``None`` when they are missing.
 
 ``initdb`` refuses to run as root, so as root the cluster is created and run as the
 ``postgres`` system user, in a temporary directory that user owns; as any other user it runs
@@ -31,6 +34,7 @@ def find_bin_dir() -> Path | None:
 
 class PgServer:
     def __init__(self, bin_dir: Path) -> None:
+        """Prepare (not start) a cluster in a fresh temporary directory."""
         self.bin_dir = bin_dir
         self.dir = Path(tempfile.mkdtemp(prefix="maestro-pg-"))
         self.data = self.dir / "data"
@@ -73,11 +77,16 @@ class PgServer:
 
     def create_database(self) -> str:
         """A fresh empty database; returns its SQLAlchemy URL."""
-        import psycopg
-
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(
-            host=str(self.dir), port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        self._run(
+            str(self.bin_dir / "psql"), "-h", str(self.dir), "-p", str(self.port), "-U",
+            "postgres", "-d", "postgres", "-q", "-c", f'CREATE DATABASE "{name}" TEMPLATE template0',
+        )  # fmt: skip
         return self.url(name)
+
+    def __enter__(self) -> PgServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
