@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -47,7 +47,7 @@ from maestro.loop.result import RunResult, RunState, build_result, describe_outc
 from maestro.messages import Message
 from maestro.requirements import Requirement
 from maestro.runs import InMemoryRunStore, RunRecord, RunStatus, RunStore, StepRecord
-from maestro.tool import Tool
+from maestro.tool import Tool, tool
 
 
 class Agent:
@@ -57,9 +57,9 @@ class Agent:
         self,
         model: Model,
         *,
-        tools: Sequence[Tool] = (),
+        tools: Sequence[Tool | Callable[..., Any]] = (),
         instructions: str = "",
-        requirements: Sequence[Requirement] = (),
+        requirements: Sequence[Requirement | str] = (),
         budget: Budget | str | None = None,
         store: RunStore | None = None,
         approval: ApprovalCallback | None = None,
@@ -70,14 +70,14 @@ class Agent:
             raise UserError(f"Agent(model=...) needs a maestro Model, got {type(model).__name__}")
         self.model = model
         self.tools: dict[str, Tool] = {}
-        for t in tools:
-            if not isinstance(t, Tool):
-                raise UserError(f"{t!r} is not a Tool; decorate the function with @tool")
+        for item in tools:
+            # A plain typed function is accepted and wrapped, as if decorated with @tool.
+            t = item if isinstance(item, Tool) else _as_tool(item)
             if t.name in self.tools:
                 raise UserError(f"two tools are named {t.name!r}; tool names must be unique")
             self.tools[t.name] = t
         self.instructions = instructions
-        self.requirements = list(requirements)
+        self.requirements = _requirements(requirements)
         self.budget = Budget.coerce(budget)
         self.store: RunStore = store if store is not None else InMemoryRunStore()
         self.approval = approval
@@ -91,7 +91,7 @@ class Agent:
         self,
         task: str,
         *,
-        requirements: Sequence[Requirement] | None = None,
+        requirements: Sequence[Requirement | str] | None = None,
         budget: Budget | str | None = None,
         run_id: str | None = None,
         user_id: str | None = None,
@@ -111,7 +111,7 @@ class Agent:
         self,
         task: str,
         *,
-        requirements: Sequence[Requirement] | None = None,
+        requirements: Sequence[Requirement | str] | None = None,
         budget: Budget | str | None = None,
         run_id: str | None = None,
         user_id: str | None = None,
@@ -141,7 +141,7 @@ class Agent:
                     await asyncio.gather(runner, return_exceptions=True)
 
     async def resume(
-        self, run_id: str, *, requirements: Sequence[Requirement] | None = None
+        self, run_id: str, *, requirements: Sequence[Requirement | str] | None = None
     ) -> RunResult:
         """Continue a run from its store: finished steps are replayed, not executed again.
 
@@ -155,7 +155,7 @@ class Agent:
         finished = {s.key: s for s in steps if s.finished}
         payload = record.payload
         reqs = (
-            list(requirements)
+            _requirements(requirements)
             if requirements is not None
             else [Requirement.from_dict(r) for r in payload.get("requirements", [])]
         )
@@ -200,7 +200,7 @@ class Agent:
     async def _start(
         self,
         task: str,
-        requirements: Sequence[Requirement] | None,
+        requirements: Sequence[Requirement | str] | None,
         budget: Budget | str | None,
         run_id: str | None,
         user_id: str | None,
@@ -210,7 +210,7 @@ class Agent:
             raise UserError("the task is empty")
         run_budget = self.budget if budget is None else Budget.coerce(budget)
         new_id = run_id or f"run_{uuid.uuid4().hex[:16]}"
-        reqs = list(requirements or [])
+        reqs = _requirements(requirements or [])
         payload = {
             "budget": run_budget.to_dict(),
             "requirements": [r.to_dict() for r in reqs],
@@ -375,6 +375,17 @@ class Agent:
                 "repeat steps that succeeded, and avoid the failures.\n"
                 + describe_outcomes(state.outcomes.values())
             )
+
+
+def _as_tool(item: Any) -> Tool:
+    if not callable(item):
+        raise UserError(f"{item!r} is not a Tool or a function; decorate it with @tool")
+    return tool(item)
+
+
+def _requirements(items: Sequence[Requirement | str]) -> list[Requirement]:
+    """Requirements, where a plain string is a model-judged, non-mandatory requirement."""
+    return [Requirement(r) if isinstance(r, str) else r for r in items]
 
 
 async def _discard(event: Event) -> None:

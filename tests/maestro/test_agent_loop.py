@@ -513,3 +513,18 @@ async def test_cap_during_first_validation_still_returns_the_draft() -> None:
     assert result.finish_reason == "max_model_calls"
     assert result.answer == "first draft"
     assert not result.passed and result.report.rounds == []
+
+
+async def test_plain_functions_and_string_requirements_are_accepted() -> None:
+    def shout(text: str) -> str:
+        """Upper-case text."""
+        return text.upper()
+
+    model = ScriptedModel([plan(plan_step("s1", "shout", {"text": "hi"})), "HI", judge(1.0, "ok")])
+    result = await Agent(model, tools=[shout], requirements=["is loud"]).run("shout hi")
+    assert result.data_sources[0]["excerpt"] == "HI"
+    assert result.report.final[0].description == "is loud" and result.passed
+    from maestro.errors import UserError
+
+    with pytest.raises(UserError, match="not a Tool or a function"):
+        Agent(model, tools=[42])  # type: ignore[list-item]
