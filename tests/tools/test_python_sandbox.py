@@ -414,3 +414,22 @@ def test_a_dropped_session_does_not_outlive_its_object() -> None:
     del sandbox
     gc.collect()
     assert proc.poll() is not None  # killed by the finalizer, and reaped
+
+
+def test_data_analysis_with_pandas_when_installed(fresh_sandbox: PythonSandbox) -> None:
+    """The analyst's path: upload a CSV, analyse it with pandas, harvest the output file.
+
+    Needs Debian's python3-pandas (the sandbox uses /usr/bin/python3); numpy's BLAS is found
+    through /etc/alternatives, which the sandbox binds read-only for that reason.
+    """
+    probe = fresh_sandbox.run("import importlib.util\nimportlib.util.find_spec('pandas') is None")
+    if probe.result == "True":
+        pytest.skip("python3-pandas is not installed for /usr/bin/python3")
+    fresh_sandbox.write_file("in/sales.csv", b"region,amount\nnorth,10\nsouth,32\nnorth,5\n")
+    result = fresh_sandbox.run(
+        "import pandas as pd\ndf = pd.read_csv('in/sales.csv')\n"
+        "totals = df.groupby('region').amount.sum()\ntotals.to_csv('totals.csv')\n"
+        "totals.to_dict()", timeout=60)
+    assert result.status == "ok", result.to_text()
+    assert result.result == "{'north': 15, 'south': 32}"
+    assert fresh_sandbox.read_file("totals.csv") == b"region,amount\nnorth,15\nsouth,32\n"

@@ -300,6 +300,8 @@ class PythonSandbox:
             "--ro-bind", "/usr", "/usr", *_root_symlinks(),
             "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
             "--ro-bind-try", "/etc/localtime", "/etc/localtime",
+            # Debian resolves some libraries (libblas for numpy) through these symlinks.
+            "--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
             "--proc", "/proc", "--dev", "/dev",
             "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
             "--size", str(lim.workdir_bytes), "--perms", "0700", "--tmpfs", _INSIDE_WORKDIR,
