@@ -98,8 +98,12 @@ class Tool:
             raise ToolError(
                 f"tool {self.name!r} timed out after {self.timeout} s", tool_name=self.name
             ) from exc
-        except (ToolError, UserError):
+        except ToolError:
             raise
+        except UserError as exc:
+            # Misconfiguration surfaced inside a tool (a missing optional package, a bad
+            # setting) fails this call with its message; it must not crash the whole run.
+            raise ToolError(f"tool {self.name!r}: {exc}", tool_name=self.name) from exc
         except Exception as exc:
             raise ToolError(
                 f"tool {self.name!r} failed: {type(exc).__name__}: {exc}", tool_name=self.name

@@ -163,3 +163,14 @@ def test_results_become_text() -> None:
     assert result_to_text("plain") == "plain"
     assert result_to_text({"a": 1}) == '{"a":1}'
     assert result_to_text(Point(x=1, y=2)) == '{"x":1.0,"y":2.0}'
+
+
+async def test_a_user_error_inside_a_tool_fails_the_call_not_the_process() -> None:
+    @tool
+    def needs_extra() -> str:
+        """Needs an optional package."""
+        raise UserError("install the pdf extra")
+
+    with pytest.raises(ToolError, match="install the pdf extra") as info:
+        await needs_extra.call({}, CTX)
+    assert isinstance(info.value.__cause__, UserError)
