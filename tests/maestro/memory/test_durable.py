@@ -45,16 +45,34 @@ def _calls(tmp_path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+async def _reference(database_url: str, kind: str, count_dir: Path) -> object:
+    """An uninterrupted run of the same job, in this process, under its own run id."""
+    from tests.maestro.memory import durable_jobs
+
+    old = os.environ.get("MAESTRO_TEST_COUNT_FILE")
+    os.environ["MAESTRO_TEST_COUNT_FILE"] = str(count_dir / "calls.txt")
+    db = await Database.open(database_url)
+    try:
+        if kind == "workflow":
+            return await durable_jobs.squares.start(db.runs, "ref-run", N)
+        agent = durable_jobs.build_agent(db.runs, N)
+        return {"answer": (await agent.run("square 0..n-1 and sum them", run_id="ref-run")).answer}
+    finally:
+        await db.close()
+        if old is None:
+            del os.environ["MAESTRO_TEST_COUNT_FILE"]
+        else:
+            os.environ["MAESTRO_TEST_COUNT_FILE"] = old
+
+
 @pytest.mark.parametrize("kind", ["workflow", "agent"])
 async def test_sigkilled_run_resumes_without_repeating_finished_steps(
     database_url: str, tmp_path: Path, kind: str
 ) -> None:
     start, resume = (("workflow", "workflow"), ("agent", "agent-resume"))[kind == "agent"]
-    # Reference: an uninterrupted run in its own directory and run id.
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
-    ref = _job(ref_dir, database_url, start, "ref-run", str(N))
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    reference = await _reference(database_url, kind, ref_dir)
     assert len(_calls(ref_dir)) == N
 
     crashed = _job(tmp_path, database_url, start, "crash-run", str(N), crash_after=K)
@@ -76,7 +94,7 @@ async def test_sigkilled_run_resumes_without_repeating_finished_steps(
     calls = _calls(tmp_path)
     assert len(calls) == N, calls  # every step ran exactly once across both processes
     assert len({c.split()[1] for c in calls}) == N
-    assert json.loads(resumed.stdout.splitlines()[-1]) == json.loads(ref.stdout.splitlines()[-1])
+    assert json.loads(resumed.stdout.splitlines()[-1]) == reference
 
     db = await Database.open(database_url)
     try:
