@@ -154,3 +154,19 @@ async def test_failed_step_is_retried_on_resume_and_finished_steps_are_not(
     assert await flaky.resume("flaky-1", store=db.runs) == 42
     assert flaky.last_context is not None
     assert (flaky.last_context.replayed, flaky.last_context.executed) == (1, 1)
+
+
+async def test_only_decorated_workflows_resolve_and_arguments_must_be_json(db: Database) -> None:
+    from maestro.errors import UserError
+    from maestro.workflow import resolve, resume_run
+
+    assert resolve("tests.maestro.memory.durable_jobs:squares").name.endswith(":squares")
+    with pytest.raises(UserError, match="is not a @workflow"):
+        resolve("os:system")  # a stored name cannot make a worker call arbitrary code
+    with pytest.raises(UserError, match="cannot import"):
+        resolve("no_such_module_xyz:f")
+    with pytest.raises(UserError, match="JSON-serialisable"):
+        await two_step.run(db.runs, object())  # type: ignore[arg-type]
+    assert await db.runs.count_runs() == 0  # nothing half-written
+    with pytest.raises(UserError, match="no run"):
+        await resume_run(db.runs, "missing")
