@@ -47,6 +47,13 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def _expert_linear(x: torch.Tensor, weights: torch.Tensor | nn.Module, e: int) -> torch.Tensor:
+    """x @ W[e]^T for an (E, out, in) expert stack: a Parameter, or int8 experts (model.quant)."""
+    if isinstance(weights, torch.Tensor):
+        return x @ weights[e].t()
+    return weights.linear(x, e)
+
+
 class MoE(nn.Module):
     """Jamba's sparse MoE: softmax over ALL experts in fp32, top-k, no renormalisation.
 
@@ -84,8 +91,11 @@ class MoE(nn.Module):
             if count == 0:
                 continue
             xe = routed[start : start + count]  # (count, D)
-            h = F.silu(xe @ self.gate_proj[e].t()) * (xe @ self.up_proj[e].t())  # (count, I)
-            torch.mm(h, self.down_proj[e].t(), out=y[start : start + count])
+            h = F.silu(_expert_linear(xe, self.gate_proj, e)) * _expert_linear(xe, self.up_proj, e)
+            if isinstance(self.down_proj, torch.Tensor):  # (count, I) -> (count, D)
+                torch.mm(h, self.down_proj[e].t(), out=y[start : start + count])
+            else:
+                y[start : start + count] = _expert_linear(h, self.down_proj, e)
             start += count
         # Undo the sort with a gather (not a scatter-add): every token owns exactly k slots.
         y = y.index_select(0, torch.argsort(order)).view(-1, self.top_k, shape[-1])  # (B*L, k, D)

@@ -70,10 +70,13 @@ class MambaMixer(nn.Module):
         keep = None if pad is None else pad[:, None, :].to(h.dtype)  # (B, 1, L)
         if pad is not None:
             h = h * pad[..., None].to(h.dtype)
-        # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read, with no copy.
-        xz = self.in_proj.weight @ h.transpose(1, 2)  # (B, 2ED, L)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None]
+        if isinstance(self.in_proj, nn.Linear):
+            # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read, no copy.
+            xz = self.in_proj.weight @ h.transpose(1, 2)  # (B, 2ED, L)
+            if self.in_proj.bias is not None:
+                xz = xz + self.in_proj.bias[:, None]
+        else:  # int8 (model.quant): (B, L, 2ED) seen as (B, 2ED, L); the kernels take strides
+            xz = self.in_proj(h).transpose(1, 2)
         x, z = xz.chunk(2, dim=1)  # (B, ED, L) each
         A = self._A()  # (ED, N) fp32
 
