@@ -286,18 +286,13 @@ class Agent:
                 status, finish_reason, error = "failed", "model_error", str(exc)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    result = build_result(
-                        ctx, state, requirements, budget, "cancelled", "cancelled"
-                    )
-                    await store.finish_run(run_id, "cancelled", result.to_dict())
-                    await emit(
-                        RunFinished(
-                            run_id=run_id,
-                            result=result.to_dict(),
-                            finish_reason="cancelled",
-                            status="cancelled",
-                        )
-                    )
+                    await self._close(ctx, state, requirements, budget, "cancelled", None)
+                raise
+            except Exception as exc:
+                # A bug or misuse (e.g. a check returning a str): the caller gets the
+                # exception, and the stored run is closed as failed rather than left running.
+                with anyio.CancelScope(shield=True):
+                    await self._close(ctx, state, requirements, budget, "failed", repr(exc))
                 raise
             span.set_attribute(tracing.INPUT_TOKENS, tracker.usage.input_tokens)
             span.set_attribute(tracing.OUTPUT_TOKENS, tracker.usage.output_tokens)
@@ -309,6 +304,24 @@ class Agent:
             RunFinished(run_id=run_id, result=summary, finish_reason=finish_reason, status=status)
         )
         return result
+
+    async def _close(
+        self,
+        ctx: RunContext,
+        state: RunState,
+        requirements: list[Requirement],
+        budget: Budget,
+        status: RunStatus,
+        error: str | None,
+    ) -> None:
+        reason = "cancelled" if status == "cancelled" else "error"
+        result = build_result(ctx, state, requirements, budget, reason, status)
+        result.error = error
+        summary = result.to_dict()
+        await self.store.finish_run(ctx.run_id, status, summary)
+        await ctx.emit(
+            RunFinished(run_id=ctx.run_id, result=summary, finish_reason=reason, status=status)
+        )
 
     async def _body(
         self,

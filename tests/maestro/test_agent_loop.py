@@ -528,3 +528,14 @@ async def test_plain_functions_and_string_requirements_are_accepted() -> None:
 
     with pytest.raises(UserError, match="not a Tool or a function"):
         Agent(model, tools=[42])  # type: ignore[list-item]
+
+
+async def test_a_bug_in_a_check_raises_and_closes_the_run_as_failed() -> None:
+    from maestro.errors import UserError
+
+    store = InMemoryRunStore()
+    bad = Requirement("bad check", check=lambda a: "yes")  # type: ignore[arg-type,return-value]
+    with pytest.raises(UserError, match="return bool"):
+        await Agent(ScriptedModel(["x"]), requirements=[bad], store=store).run("t", run_id="bug")
+    assert store.runs["bug"].status == "failed"
+    assert "UserError" in (store.runs["bug"].result or {}).get("error", "")
