@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maestro import ToolContext, ToolRetry, UserError
+from maestro import ToolContext, ToolError, ToolRetry, UserError
 from tools.python import PythonSandbox, SandboxUnavailable
 from tools.python import sandbox as sandbox_module
 from tools.python.tool import PythonSessions
@@ -33,10 +33,13 @@ def test_refuses_without_bubblewrap_unless_opted_in(no_bwrap: None) -> None:
         assert "PermissionError" in (unsandboxed.run("import os\nos.fork()").error or "")
 
 
-async def test_tool_reports_missing_sandbox_as_user_error(no_bwrap: None) -> None:
+async def test_tool_reports_missing_sandbox_clearly(no_bwrap: None) -> None:
     sessions = PythonSessions()
     try:
         with pytest.raises(UserError, match="bubblewrap"):
+            sessions.run("r0", "1")
+        # Inside a run the core turns the UserError into a failed call, message intact.
+        with pytest.raises((UserError, ToolError), match="bubblewrap"):
             await sessions.tool.call({"code": "1"}, ctx("r1"))
     finally:
         sessions.close_all()
