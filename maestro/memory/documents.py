@@ -71,7 +71,12 @@ class DocumentRepository:
         content_hash: str | None = None,
         meta: dict[str, Any] | None = None,
         collection: str = "default",
+        chunks: Sequence[ChunkInput] = (),
+        embeddings: npt.NDArray[Any] | None = None,
     ) -> Document:
+        """Store a document; with ``chunks`` (and their ``embeddings``) in the same transaction,
+        so a failure leaves neither the document nor any of its chunks behind."""
+        blobs = self._blobs(chunks, embeddings)
         async with self._db.session(write=True) as session:
             row = DocumentRow(
                 source=source,
@@ -82,7 +87,37 @@ class DocumentRepository:
             )
             session.add(row)
             await session.flush()
+            if chunks:
+                session.add_all(self._rows(row.id, 0, chunks, blobs))
+                await session.flush()
             return _document(row)
+
+    @staticmethod
+    def _blobs(
+        chunks: Sequence[ChunkInput], embeddings: npt.NDArray[Any] | None
+    ) -> list[bytes] | None:
+        if embeddings is None:
+            return None
+        if len(embeddings) != len(chunks):
+            raise UserError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
+        return [encode_vector(v) for v in embeddings]
+
+    @staticmethod
+    def _rows(
+        document_id: int, start: int, chunks: Sequence[ChunkInput], blobs: list[bytes] | None
+    ) -> list[ChunkRow]:
+        return [
+            ChunkRow(
+                document_id=document_id,
+                ordinal=start + i,
+                text=c.text,
+                start_char=c.start_char,
+                end_char=c.end_char,
+                meta=dict(c.meta),
+                embedding=blobs[i] if blobs else None,
+            )
+            for i, c in enumerate(chunks)
+        ]
 
     async def find_document(
         self, *, content_hash: str, collection: str = "default"
@@ -118,9 +153,7 @@ class DocumentRepository:
         embeddings: npt.NDArray[Any] | None = None,
     ) -> list[int]:
         """Append chunks (ordinals continue after existing ones); returns their ids in order."""
-        if embeddings is not None and len(embeddings) != len(chunks):
-            raise UserError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
-        blobs = [encode_vector(v) for v in embeddings] if embeddings is not None else None
+        blobs = self._blobs(chunks, embeddings)
         async with self._db.session(write=True) as session:
             if await session.get(DocumentRow, document_id) is None:
                 raise NotFoundError(f"no document {document_id}")
@@ -129,18 +162,7 @@ class DocumentRepository:
                     ChunkRow.document_id == document_id
                 )
             )
-            rows = [
-                ChunkRow(
-                    document_id=document_id,
-                    ordinal=int(start or 0) + i,
-                    text=c.text,
-                    start_char=c.start_char,
-                    end_char=c.end_char,
-                    meta=dict(c.meta),
-                    embedding=blobs[i] if blobs else None,
-                )
-                for i, c in enumerate(chunks)
-            ]
+            rows = self._rows(document_id, int(start or 0), chunks, blobs)
             session.add_all(rows)
             await session.flush()
             return [row.id for row in rows]

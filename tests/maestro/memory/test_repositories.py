@@ -182,3 +182,23 @@ async def test_retention_keeps_size_bounded(db: Database, tmp_path: Path) -> Non
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             sizes.append(path.stat().st_size)
         assert sizes[2] <= sizes[0] * 1.1, sizes
+
+
+async def test_document_with_chunks_is_all_or_nothing(db: Database) -> None:
+    from maestro.memory import StorageError
+
+    doc = await db.documents.add_document(
+        "a.md", chunks=[ChunkInput("first chunk"), ChunkInput("second chunk")],
+        embeddings=hashing_embedder(["first chunk", "second chunk"]),
+    )  # fmt: skip
+    assert len(await db.documents.search_chunks_fulltext("chunk")) == 2
+    with pytest.raises(UserError):
+        await db.documents.add_document(
+            "b.md", chunks=[ChunkInput("x")], embeddings=np.ones((3, 4))
+        )
+    with pytest.raises(StorageError):  # the second chunk cannot be stored: nothing is
+        await db.documents.add_document(
+            "c.md", chunks=[ChunkInput("fine"), ChunkInput("bad", meta={"x": object()})]
+        )
+    assert [d.id for d in await db.documents.list_documents()] == [doc.id]
+    assert await db.documents.count_chunks() == 2
