@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from maestro.memory.errors import NotFoundError
 from maestro.memory.orm import EventRow, RunRow, StepRow, utcnow
@@ -107,9 +108,12 @@ class SqlRunStore:
         changed = {k: stmt.excluded[k] for k in values if k not in ("run_id", "key")}
         stmt = stmt.on_conflict_do_update(index_elements=["run_id", "key"], set_=changed)
         async with self._db.session(write=True) as session:
-            if await session.get(RunRow, step.run_id) is None:
-                raise NotFoundError(f"cannot save step {step.key!r}: no run {step.run_id!r}")
-            await session.execute(stmt)
+            try:  # one statement: the foreign key, not a lookup, catches an unknown run
+                await session.execute(stmt)
+            except IntegrityError as exc:
+                raise NotFoundError(
+                    f"cannot save step {step.key!r}: no run {step.run_id!r}"
+                ) from exc
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         """The run's steps in the order they were first saved."""

@@ -202,3 +202,11 @@ async def test_document_with_chunks_is_all_or_nothing(db: Database) -> None:
         )
     assert [d.id for d in await db.documents.list_documents()] == [doc.id]
     assert await db.documents.count_chunks() == 2
+
+
+async def test_step_of_an_unknown_run_is_refused(db: Database) -> None:
+    with pytest.raises(NotFoundError, match="no run 'ghost'"):
+        await db.runs.save_step(StepRecord("ghost", "plan", "plan", "succeeded"))
+    await db.runs.create_run(RunRecord(id="real", task="t"))
+    await db.runs.save_step(StepRecord("real", "plan", "plan", "succeeded"))  # session still usable
+    assert [s.key for s in await db.runs.get_steps("real")] == ["plan"]
