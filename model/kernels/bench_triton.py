@@ -8,7 +8,8 @@ Timing table (GPU): each op at Jamba sizes (ED = 2048, N = 16, K = 4; prefill L 
 batch 1 and 8) and each input dtype, plus the backend's composed ``mamba_decode_step``, Triton vs our PyTorch reference vs mamba-ssm /
 causal-conv1d when their wheels are installed, measured in the same run with
 ``triton.testing.do_bench`` (median ms), plus the effective bandwidth of the Triton kernel
-(bytes it must move / time). Ratios are per row against Triton. The machine and versions are
+(bytes it must move / time). Ratios are per row against Triton; for ``mamba_decode_step`` the
+"other" column is the composed step (``triton_backend.mamba_decode_step_composed``). The machine and versions are
 printed above the table.
 
 Compile report (no GPU): compiles every kernel for NVIDIA targets (sm_80, sm_90) through the
@@ -92,6 +93,20 @@ def step_inputs(batch: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
         x=args["u"][..., 0].contiguous(), dt=args["delta"][..., 0].contiguous(), A=args["A"],
         B=args["B"][..., 0].contiguous(), C=args["C"][..., 0].contiguous(), D=args["D"],
         z=args["z"][..., 0].contiguous(), dt_bias=args["delta_bias"], dt_softplus=True,
+    )
+
+
+def decode_inputs(batch: int, dtype: torch.dtype, device: Any) -> dict[str, Any]:
+    """Arguments of mamba_decode_step for one token of a Jamba mixer (R = DT_RANK, with norms)."""
+    r = _random(device, dtype)
+    s = step_inputs(batch, dtype, device)
+    return dict(
+        x=s["x"], z=s["z"], conv_state=r(batch, ED, WIDTH - 1), ssm_state=s["state"],
+        conv_weight=r(ED, WIDTH), conv_bias=r(ED),
+        x_proj_weight=r(DT_RANK + 2 * N_STATE, ED, scale=0.1), dt_proj_weight=r(ED, DT_RANK,
+                                                                              scale=0.1),
+        dt_proj_bias=s["dt_bias"], A=s["A"], D=s["D"], dt_norm_weight=r(DT_RANK),
+        b_norm_weight=r(N_STATE), c_norm_weight=r(N_STATE),
     )
 
 
@@ -184,6 +199,14 @@ def _launches(dtype: torch.dtype) -> Iterator[tuple[str, Any, tuple, dict]]:
     with _captured_launches(triton_conv, "_causal_conv1d_update_kernel") as calls:
         triton_conv.causal_conv1d_update(x, state, conv["weight"], conv["bias"], "silu")
     yield ("causal_conv1d_update", *calls[0])
+    from model.kernels import triton_decode
+
+    decode = decode_inputs(8, dtype, meta)
+    with _captured_launches(triton_decode, "_conv_xproj_kernel") as first, \
+            _captured_launches(triton_decode, "_norm_dtproj_scan_kernel") as second:
+        triton_decode.mamba_decode_step(**decode)
+    yield ("mamba_decode_step [1/2]", *first[0])
+    yield ("mamba_decode_step [2/2]", *second[0])
 
 
 def compile_report(capabilities: tuple[int, ...] = (80, 90),
@@ -198,7 +221,7 @@ def compile_report(capabilities: tuple[int, ...] = (80, 90),
                 try:
                     row.update(_compile(kernel, args, dict(kwargs), capability))
                 except Exception as exc:
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    row["error"] = f"{type(exc).__name__}: {exc}"[-1500:]
                 rows.append(row)
     return rows
 
@@ -329,25 +352,17 @@ def bench(sweep: bool = False, device: str = "cuda",
                 (lambda u=u, f=other: f(u)) if other else None, 2 * batch * ED * WIDTH * es)
 
     from model.kernels.mamba_decode import mamba_decode_step_ref
-    from model.kernels.triton_backend import mamba_decode_step
+    from model.kernels.triton_backend import mamba_decode_step, mamba_decode_step_composed
 
-    rank = DT_RANK
     for name in [d for d in dtypes if d != "fp16"]:
         for batch in (1, 8):
-            s = step_inputs(batch, DTYPES[name], dev)
-            c = conv_inputs(batch, 1, DTYPES[name], dev)
-            d = dict(
-                x=s["x"], z=s["z"],
-                conv_state=torch.zeros(batch, ED, WIDTH - 1, dtype=DTYPES[name], device=dev),
-                ssm_state=s["state"], conv_weight=c["weight"], conv_bias=c["bias"],
-                x_proj_weight=torch.randn(rank + 2 * N_STATE, ED, device=dev).to(DTYPES[name]),
-                dt_proj_weight=torch.randn(ED, rank, device=dev).to(DTYPES[name]),
-                dt_proj_bias=s["dt_bias"], A=s["A"], D=s["D"],
-            )
-            row("mamba_decode_step", f"Bt={batch} R={rank}", name,
+            d = decode_inputs(batch, DTYPES[name], dev)
+            nbytes = (2 * batch * ED * N_STATE * 4
+                      + (2 * DT_RANK + 2 * N_STATE) * ED * DTYPES[name].itemsize)
+            # "other" here is the composed step (separate Triton kernels + PyTorch in between)
+            row("mamba_decode_step", f"Bt={batch} R={DT_RANK}", name,
                 lambda d=d: mamba_decode_step(**d), lambda d=d: mamba_decode_step_ref(**d),
-                None,
-                2 * batch * ED * N_STATE * 4 + (2 * rank + 2 * N_STATE) * ED * DTYPES[name].itemsize)
+                lambda d=d: mamba_decode_step_composed(**d), nbytes)
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
     print(f"device: {name}; {_versions()}; Python {platform.python_version()}")

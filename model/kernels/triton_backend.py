@@ -3,11 +3,10 @@
 :mod:`model.kernels.dispatch` imports this module (and so Triton) only when the Triton backend is
 selected for a CUDA device; importing :mod:`model.kernels` never does.
 
-``mamba_decode_step`` here is COMPOSED, not fused: the Triton conv update and state update with
-the small x_proj / RMSNorm / dt_proj steps in PyTorch between them (fp32, as the reference), so
-that GPU decoding runs on the Triton kernels rather than on the reference's Python-level ops.
-A single fused Triton kernel for it (the x_proj reduction over all channels sits between the two
-halves) is future work.
+``mamba_decode_step`` is the two-launch Triton kernel of :mod:`model.kernels.triton_decode`.
+``mamba_decode_step_composed`` (not in ``OPS``) is the same step built from the Triton conv and
+state updates with x_proj / RMSNorm / dt_proj in PyTorch between them (about twenty launches):
+the fallback to switch to if the fused kernel misbehaves on some GPU, and its cross-check.
 
 Each op is a ``torch.library.custom_op`` in the ``model_triton`` namespace with a fake (meta)
 implementation, so ``torch.compile`` traces the model through them as opaque calls; the state
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from model.kernels import triton_conv, triton_scan, triton_state_update
+from model.kernels import triton_conv, triton_decode, triton_scan, triton_state_update
 
 _NS = "model_triton"
 
@@ -149,10 +148,51 @@ def _rms_norm(v: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch
     return weight.float() * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps))
 
 
+@torch.library.custom_op(f"{_NS}::mamba_decode_step", mutates_args=("conv_state", "ssm_state"))
+def _mamba_decode_step(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    dt_proj_bias: torch.Tensor | None,
+    A: torch.Tensor,
+    D: torch.Tensor | None,
+    dt_norm_weight: torch.Tensor | None,
+    b_norm_weight: torch.Tensor | None,
+    c_norm_weight: torch.Tensor | None,
+    norm_eps: float,
+) -> torch.Tensor:
+    return triton_decode.mamba_decode_step(
+        x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+        dt_proj_bias, A, D, dt_norm_weight, b_norm_weight, c_norm_weight, norm_eps,
+    )
+
+
+@_mamba_decode_step.register_fake
+def _(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+      dt_proj_bias, A, D, dt_norm_weight, b_norm_weight, c_norm_weight, norm_eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 def mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
                       dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight=None, b_norm_weight=None,
                       c_norm_weight=None, norm_eps=1e-6):
-    """The mixer for one token on the Triton kernels; contract of
+    """Fused (two-launch) Triton mixer decode step; contract of
+    :func:`model.kernels.mamba_decode_step_ref` (``conv_state``, ``ssm_state`` updated in place)."""
+    return _mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                              dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight, b_norm_weight,
+                              c_norm_weight, float(norm_eps))
+
+
+def mamba_decode_step_composed(x, z, conv_state, ssm_state, conv_weight, conv_bias,
+                               x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+                               dt_norm_weight=None, b_norm_weight=None, c_norm_weight=None,
+                               norm_eps=1e-6):
+    """The mixer for one token from the separate Triton kernels; contract of
     :func:`model.kernels.mamba_decode_step_ref` (``conv_state``, ``ssm_state`` updated in place).
 
     Shapes: x, z (Bt, ED); conv_state (Bt, ED, K-1); ssm_state (Bt, ED, N) fp32; x_proj_weight

@@ -10,7 +10,7 @@ each parallel over (channel blocks, batch rows):
 1. ``_conv_xproj_kernel``: conv step (window shift in place) + SiLU -> u, kept in a scratch
    (Bt, ED) fp32 buffer; and this block's partial x_proj products ``W[:, block] @ u[block]``
    written to a (blocks, Bt, P) fp32 buffer (no atomics, so the result is deterministic).
-2. ``_norm_dtproj_scan_kernel``: each program sums the partials (P values, a few KB from L2),
+2. ``_norm_dtproj_scan_kernel``: each program sums the partials ((blocks, P) fp32 tiles from L2),
    applies the dt / B / C RMSNorms, computes its channels' dt_proj rows, softplus, and the
    selective state update (state in place), D skip and SiLU(z) gate.
 
@@ -84,22 +84,21 @@ def _conv_xproj_kernel(
     for p0 in range(0, n_proj, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < n_proj
-        w = tl.load(xw_ptr + offs_p[:, None] * s_xw_p + offs_d[None, :] * s_xw_d,
-                    mask=mask_p[:, None] & mask_d[None, :], other=0.0)
-        tl.store(part_row + offs_p, tl.sum(w.to(tl.float32) * u[None, :], axis=1), mask=mask_p)
+        wp = tl.load(xw_ptr + offs_p[:, None] * s_xw_p + offs_d[None, :] * s_xw_d,
+                     mask=mask_p[:, None] & mask_d[None, :], other=0.0)  # (BLOCK_P, BLOCK_D)
+        tl.store(part_row + offs_p, tl.sum(wp.to(tl.float32) * u[None, :], axis=1), mask=mask_p)
 
 
 @triton.jit
 def _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, start, size,
-                  BLOCK: tl.constexpr):
-    """Sum over channel blocks of partial x_proj results [start, start + size)."""
+                  BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr):
+    """Sum over the channel blocks of the partial x_proj results [start, start + size): one
+    (BLOCK_NB, BLOCK) tile load, not a loop of dependent small loads."""
     offs = tl.arange(0, BLOCK)
-    mask = offs < size
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for blk in range(0, n_blocks):
-        row = part_ptr + (blk * batch + pid_b).to(tl.int64) * n_proj + start
-        acc += tl.load(row + offs, mask=mask, other=0.0)
-    return acc
+    blocks = tl.arange(0, BLOCK_NB)
+    rows = (blocks * batch + pid_b).to(tl.int64) * n_proj + start
+    mask = (blocks < n_blocks)[:, None] & (offs < size)[None, :]
+    return tl.sum(tl.load(part_ptr + rows[:, None] + offs[None, :], mask=mask, other=0.0), axis=0)
 
 
 @triton.jit
@@ -123,6 +122,7 @@ def _norm_dtproj_scan_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    BLOCK_NB: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -134,8 +134,9 @@ def _norm_dtproj_scan_kernel(
     mask_n = offs_n < n_state
 
     # B and C: reduce, then RMSNorm over N.
-    B = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, rank, n_state, BLOCK_N)
-    C = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, rank + n_state, n_state, BLOCK_N)
+    B = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, rank, n_state, BLOCK_N, BLOCK_NB)
+    C = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, rank + n_state, n_state, BLOCK_N,
+                      BLOCK_NB)
     if HAS_B_NORM:
         B = B * tl.rsqrt(tl.sum(B * B, axis=0) / n_state + eps)
         B *= tl.load(bn_ptr + offs_n * s_bn, mask=mask_n, other=0.0).to(tl.float32)
@@ -149,14 +150,16 @@ def _norm_dtproj_scan_kernel(
     if HAS_DT_NORM:
         sumsq = tl.sum(tl.zeros([BLOCK_R], dtype=tl.float32), axis=0)  # an fp32 scalar
         for r0 in range(0, rank, BLOCK_R):
-            dt = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, r0, rank - r0, BLOCK_R)
+            dt = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, r0, rank - r0, BLOCK_R,
+                               BLOCK_NB)
             sumsq += tl.sum(dt * dt, axis=0)
         scale = tl.rsqrt(sumsq / rank + eps)
     delta = tl.zeros([BLOCK_D], dtype=tl.float32)
     for r0 in range(0, rank, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         mask_r = offs_r < rank
-        dt = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, r0, rank - r0, BLOCK_R)
+        dt = _sum_partials(part_ptr, pid_b, batch, n_blocks, n_proj, r0, rank - r0, BLOCK_R,
+                               BLOCK_NB)
         if HAS_DT_NORM:
             dt = dt * scale * tl.load(dtn_ptr + offs_r * s_dtn, mask=mask_r, other=0.0).to(
                 tl.float32)
@@ -272,6 +275,7 @@ def mamba_decode_step(
         BLOCK_D=block_d,
         BLOCK_N=triton.next_power_of_2(n_state),
         BLOCK_R=32,
+        BLOCK_NB=triton.next_power_of_2(n_blocks),
         num_warps=4,
     )
     return y

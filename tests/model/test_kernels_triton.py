@@ -238,8 +238,10 @@ def check_conv_update(fn, batch, channels, width, state_len, dtype, device="cpu"
     return {"y": _errors(y, y32, y_low), "state": _errors(state, s32, None)}
 
 
-def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, device="cpu"):
-    """The backend's whole-mixer decode step vs the reference over a few tokens (states carried)."""
+def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, device="cpu",
+                            bare=False):
+    """The backend's whole-mixer decode step vs the reference over a few tokens (states carried).
+    ``bare``: no conv/dt biases, no RMSNorms, no D, no gate (plain Mamba-1 minus the options)."""
     r = _gen(4, device)
     weights = dict(
         conv_weight=r(channels, WIDTH_TINY).to(dtype), conv_bias=r(channels).to(dtype),
@@ -249,6 +251,9 @@ def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, 
         D=r(channels), dt_norm_weight=r(rank).to(dtype), b_norm_weight=r(n_state).to(dtype),
         c_norm_weight=r(n_state).to(dtype),
     )
+    if bare:
+        weights.update(conv_bias=None, dt_proj_bias=None, D=None, dt_norm_weight=None,
+                       b_norm_weight=None, c_norm_weight=None)
     xs, zs = r(steps, batch, channels).to(dtype), r(steps, batch, channels).to(dtype)
     conv0, ssm0 = r(batch, channels, WIDTH_TINY - 1).to(dtype), r(batch, channels, n_state)
     states = {"ours": (conv0.clone(), ssm0.clone()), "low": (conv0.clone(), ssm0.clone()),
@@ -258,12 +263,14 @@ def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, 
         for key, (conv, ssm) in states.items():
             w = _upcast(weights) if key == "32" else weights
             x, z = (xs[t].float(), zs[t].float()) if key == "32" else (xs[t], zs[t])
+            z = None if bare else z
             step = fn if key == "ours" else mamba_decode_step_ref
             ys[key].append(step(x, z, conv, ssm, **w))
     stacked = {k: torch.stack(v, -1) for k, v in ys.items()}
     return {"y": _errors(stacked["ours"], stacked["32"], stacked["low"]),
             "conv_state": _errors(states["ours"][0], states["32"][0], None),
             "ssm_state": _errors(states["ours"][1], states["32"][1], None)}
+
 
 def check_custom_ops_opcheck() -> dict[str, Any]:
     """torch.library.opcheck on the backend's custom ops: schema, declared mutations, fake
@@ -285,6 +292,10 @@ def check_custom_ops_opcheck() -> dict[str, Any]:
         ("causal_conv1d", (cm["x"], cm["weight"], None, None, False)),
         ("causal_conv1d_update", (c["x"][..., 0].contiguous(), c["initial_state"].clone(),
                                   c["weight"], c["bias"], True)),
+        ("mamba_decode_step", (
+            s["x"], s["z"], c["initial_state"][..., :3].clone(), s["state"].clone(), c["weight"],
+            c["bias"], torch.randn(1 + 8, 4), torch.randn(4, 1), None, s["A"], s["D"],
+            torch.randn(1), torch.randn(4), None, 1e-6)),
     ]
     for name, args in calls:  # test_faketensor also compares fake and real output strides
         report = torch.library.opcheck(getattr(ops, name).default, args)
@@ -437,6 +448,14 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
     for name in ("fp32", "bf16"):
         c[f"backend_ops_mamba_decode_step_{name}"] = lambda t, d=DTYPES[name]: (
             check_mamba_decode_step(t["ops"]["mamba_decode_step"], 2, 16, 8, 3, d))
+    # rank 40 -> R + 2N = 56: several x_proj (32) and dt (32) chunks; ED 12 in blocks of 4 ->
+    # 3 blocks of partials in a tile of 4 (one masked)
+    c["decode_fused_multi_chunk"] = lambda t: check_mamba_decode_step(
+        lambda *a, **k: t["decode_fused"](*a, **k, block_d=4), 2, 12, 8, 40, torch.float32)
+    c["decode_fused_bare_odd_sizes"] = lambda t: check_mamba_decode_step(
+        t["decode_fused"], 2, 12, 5, 40, torch.bfloat16, bare=True)
+    c["decode_composed_fp32"] = lambda t: check_mamba_decode_step(
+        t["decode_composed"], 2, 16, 8, 3, torch.float32)
     return c
 
 
@@ -449,7 +468,14 @@ def _run_interpreter_cases() -> None:
     import model.kernels
 
     before_triton = "triton" in sys.modules
-    from model.kernels import dispatch, triton_conv, triton_scan, triton_state_update
+    from model.kernels import (
+        dispatch,
+        triton_backend,
+        triton_conv,
+        triton_decode,
+        triton_scan,
+        triton_state_update,
+    )
 
     fns = {
         "scan": triton_scan.selective_scan,
@@ -457,6 +483,8 @@ def _run_interpreter_cases() -> None:
         "conv": triton_conv.causal_conv1d,
         "conv_step": triton_conv.causal_conv1d_update,
         "ops": dispatch._registry["triton"].loader(),  # what use("triton") gets on CUDA
+        "decode_fused": triton_decode.mamba_decode_step,
+        "decode_composed": triton_backend.mamba_decode_step_composed,
     }
     del model.kernels
     results: dict[str, Any] = {"_import_model_kernels_loaded_triton": before_triton}
@@ -547,7 +575,8 @@ def test_kernels_compile_for_sm90_without_spills() -> None:
         print(row)
     assert {row["op"] for row in rows} == {
         "selective_scan", "selective_scan (model layout)", "selective_state_update",
-        "causal_conv1d", "causal_conv1d (model layout)", "causal_conv1d_update"}
+        "causal_conv1d", "causal_conv1d (model layout)", "causal_conv1d_update",
+        "mamba_decode_step [1/2]", "mamba_decode_step [2/2]"}
     for row in rows:
         assert "error" not in row, row
         assert row["local"] == 0 and row["regs"] <= 255, row
@@ -607,11 +636,14 @@ def test_gpu_causal_conv1d_real_size(dtype: str) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_gpu_mamba_decode_step_real_size(dtype: str) -> None:
-    from model.kernels.triton_backend import mamba_decode_step
+    from model.kernels.triton_backend import mamba_decode_step, mamba_decode_step_composed
 
-    for batch in (1, 8):  # Jamba-v0.1 mixer: ED 8192, N 16, R 256; here ED 2048, R 128
-        _assert_within(f"gpu_decode_step_{dtype}_b{batch}", check_mamba_decode_step(
-            mamba_decode_step, batch, GPU_ED, GPU_N, 128, DTYPES[dtype], device="cuda"))
+    for fn in (mamba_decode_step, mamba_decode_step_composed):
+        for batch in (1, 8):  # Jamba-v0.1 mixer: ED 8192, N 16, R 256; here ED 2048, R 128
+            _assert_within(f"gpu_decode_{fn.__name__}_{dtype}_b{batch}", check_mamba_decode_step(
+                fn, batch, GPU_ED, GPU_N, 128, DTYPES[dtype], device="cuda"))
+        _assert_within(f"gpu_decode_{fn.__name__}_{dtype}_bare", check_mamba_decode_step(
+            fn, 2, 8192, GPU_N, 256, DTYPES[dtype], device="cuda", bare=True))
 
 
 @pytest.mark.gpu
