@@ -2,15 +2,20 @@
 
 Two kinds of test:
 
-- ``triton`` (always run): every kernel under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
-  (Bt <= 2, ED <= 16, N <= 8, L <= 40, K = 4, lengths that are not a multiple of the block),
-  fp32 / bf16 / fp16 inputs, strided views, chunked prefill == one prefill. The interpreter must
-  be switched on before Triton is imported, so all cases run in ONE subprocess per test session
-  (``python -m tests.model.test_kernels_triton``), which prints a JSON line of errors; each
-  pytest test then prints its case's max/mean error and asserts it. Nothing leaks into other
-  tests' processes.
+- ``triton`` (always run, no GPU needed):
+  * every kernel under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes (Bt <= 2, ED <= 16,
+    N <= 8, L <= 40, K = 4, lengths that are not a multiple of the block), fp32 / bf16 / fp16
+    inputs, contiguous and the Mamba mixer's strided layouts, chunked prefill == one prefill,
+    L decode steps == one scan, the fused decode step, the backend's custom ops (values and
+    ``torch.library.opcheck``), a tiny Jamba ``CausalLM`` prefill + decode on the backend, and a
+    smoke run of the benchmark script. The interpreter must be switched on before Triton is
+    imported, so all cases run in ONE subprocess per module (``python -m
+    tests.model.test_kernels_triton``) that prints a JSON line of errors; each pytest test then
+    prints its case's max/mean error and asserts it. Nothing leaks into other tests' processes.
+  * every kernel compiled offline for sm_90 at real sizes (what the interpreter cannot see:
+    Triton's type rules, register spills).
 - ``gpu`` (skipped without CUDA): the same comparisons compiled for a real GPU at real sizes
-  (ED = 2048, N = 16, L = 2048; fp32 / bf16 / fp16).
+  (ED = 2048, N = 16, L = 2048; fp32 / bf16 / fp16), and offsets past int32.
 
 Tolerance (flash-attention's rule, see CONVENTIONS.md): the kernel's error against the fp32
 reference may be at most twice the error of the reference itself run on the low-precision
