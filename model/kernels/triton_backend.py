@@ -12,7 +12,7 @@ Each op is a ``torch.library.custom_op`` in the ``model_triton`` namespace with 
 implementation, so ``torch.compile`` traces the model through them as opaque calls; the state
 updates declare what they mutate. GPU correctness and speed were NOT measured in the session that
 wrote this (no GPU); see the module docstrings of ``triton_scan`` / ``triton_conv`` /
-``triton_state_update``.
+``triton_state_update`` / ``triton_decode``.
 """
 
 from __future__ import annotations
