@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import pytest_asyncio
 
 from maestro import ToolContext
 from maestro.memory import Database
@@ -44,8 +45,13 @@ def hashing_embedder(texts: list[str]) -> Any:
     return out / np.maximum(norms, 1e-9)
 
 
-@pytest.fixture
-async def retriever(tmp_path: Path) -> AsyncIterator[Retriever]:
+# One event loop for the module, so the ingested database is shared by the tests that only read.
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def retriever(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Retriever]:
+    tmp_path = tmp_path_factory.mktemp("retrieval")
     (tmp_path / "docs").mkdir()
     for item in CORPUS.iterdir():
         (tmp_path / "docs" / item.name).write_bytes(item.read_bytes())
@@ -83,6 +89,7 @@ def test_loaders() -> None:
     assert pdf.text[pdf.page_starts[2]:].startswith("Warranty claims")
 
 
+@module_loop
 @pytest.mark.parametrize(
     ("question", "source", "must_contain"),
     [
@@ -107,12 +114,14 @@ async def test_known_questions_hit_the_top_3(
     ]
 
 
+@module_loop
 async def test_full_text_only_still_works(retriever: Retriever) -> None:
     text_only = Retriever(retriever.db, embedder=None)
     results = await text_only.search("impeller seal operating hours", k=3)
     assert results and "impeller seal" in results[0].text
 
 
+@module_loop
 async def test_citations_point_at_the_exact_span(retriever: Retriever) -> None:
     [top] = await retriever.search("impeller seal replacement hours", k=1)
     assert top.location == "pump.pdf, page 2, lines 4-5"  # pages are hard chunk boundaries
@@ -126,6 +135,7 @@ async def test_citations_point_at_the_exact_span(retriever: Retriever) -> None:
     assert where is not None and bread.text[where[0] : where[1]] == quote
 
 
+@module_loop
 async def test_grounding_check_catches_a_fabricated_quote(retriever: Retriever) -> None:
     results = await retriever.search("Hekla gateway to hell", k=3)
     hit = next(r for r in results if "Middle Ages as the gateway to hell" in r.text)
@@ -146,6 +156,7 @@ async def test_grounding_check_catches_a_fabricated_quote(retriever: Retriever) 
     assert score == 0.5 and "erupted every single year" in reason
 
 
+@module_loop
 async def test_search_tool(retriever: Retriever) -> None:
     [search] = retrieval_tools(retriever)
     ctx = ToolContext(run_id="r", step_id="s", idempotency_key="k")
