@@ -42,6 +42,8 @@ def ingest(
     from maestro.memory.cliutil import run_with_db
     from tools.retrieval import Retriever, default_embedder
 
+    if embed:
+        typer.echo("loading the embedding model (all-MiniLM-L6-v2, if installed)...", err=True)
     embedder = default_embedder() if embed else None
     if embed and embedder is None:
         typer.echo("note: embeddings extra not installed; indexing for full-text search only "
