@@ -301,6 +301,29 @@ def test_no_network(shared_sandbox: PythonSandbox) -> None:
     assert results["unix_pair"] == "ok"
 
 
+def test_host_abstract_unix_sockets_are_unreachable(shared_sandbox: PythonSandbox) -> None:
+    """Abstract Unix sockets live in the network namespace (X11, D-Bus use them)."""
+    name = f"maestro-test-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)
+    listener.listen(1)
+    listener.setblocking(False)
+    try:
+        code = f"""
+        import socket
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect('\\0{name}'); print('CONNECTED')
+        except OSError as exc:
+            print(type(exc).__name__)
+        """
+        assert "CONNECTED" not in run_ok(shared_sandbox, code)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
 def test_rlimits_cannot_be_raised(shared_sandbox: PythonSandbox) -> None:
     code = """
     import resource
