@@ -4,14 +4,17 @@ database, a polling helper, and deterministic clocks and cursors for snapshots."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
+from textual.worker import WorkerCancelled, WorkerFailed
 
 from maestro.llm.base import Model, StreamEvent, TextDeltaEvent
 from maestro.messages import Message, ModelRequestOptions
@@ -39,7 +42,8 @@ async def db_store(tmp_path: Path) -> AsyncIterator[DatabaseStore]:
     try:
         yield store
     finally:
-        await store.close()
+        with anyio.fail_after(20):  # a connection left mid-transaction would hang here
+            await store.close()
 
 
 class _KeepOpen:
@@ -85,6 +89,13 @@ def build_app(
             ingestor=ingestor,
         )
     )
+
+
+async def drain(app: MaestroApp) -> None:
+    """Let the app's workers finish before the test leaves ``run_test``: exiting cancels
+    them, and a database write cancelled halfway is not what these tests are about."""
+    with contextlib.suppress(WorkerCancelled, WorkerFailed):
+        await app.workers.wait_for_complete()
 
 
 async def wait_until(

@@ -20,7 +20,7 @@ from maestro.tui.widgets.run.plan_tree import PlanTree
 from maestro.tui.widgets.run.scoreboard import render_scores
 from maestro.tui.widgets.run.tool_calls import ToolCalls
 
-from .conftest import SIZE, PacedModel, build_app, wait_until
+from .conftest import SIZE, PacedModel, build_app, drain, wait_until
 
 
 @tool
@@ -79,6 +79,7 @@ async def test_task_streams_text_plan_reaches_done_and_scores_show(db_store: Dat
         assert "the_tone_is_friendly" in rendered and "warm and helpful wording" in rendered
         tool_titles = [c.title for c in app.main_screen.query_one(ToolCalls).query("Collapsible")]
         assert tool_titles and "✔ weather" in tool_titles[0]
+        await drain(app)
 
     # The conversation and the run are in the database.
     threads = await db_store.list_threads()
@@ -103,6 +104,7 @@ async def test_tokens_are_batched_not_painted_one_by_one(db_store: DatabaseStore
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert _answers(app) == [words]
+        await drain(app)
     # A message bubbles through several widgets and the hook sees every hop: count objects.
     painted = {id(m) for m in flushes if isinstance(m, ChatMessage.Flushed)}
     assert 1 <= len(painted) < 400 / 4, f"{len(painted)} repaints for 400 deltas"
@@ -136,6 +138,7 @@ async def test_approving_a_tool_lets_it_run(db_store: DatabaseStore) -> None:
         assert sent == ["ana@example.com"]
         assert app.main_screen.query_one(PlanTree).state_of("tool:s1") == "done"
         assert app.run_view.tool_calls[0].approval == "approved"
+        await drain(app)
 
 
 async def test_denying_a_tool_means_it_never_runs(db_store: DatabaseStore) -> None:
@@ -152,6 +155,7 @@ async def test_denying_a_tool_means_it_never_runs(db_store: DatabaseStore) -> No
         assert sent == []
         assert app.main_screen.query_one(PlanTree).state_of("tool:s1") == "denied"
         assert app.run_view.tool_calls[0].approval == "denied"
+        await drain(app)
 
 
 async def test_always_approves_later_calls_of_that_tool_in_the_run(db_store: DatabaseStore) -> None:
@@ -177,6 +181,7 @@ async def test_always_approves_later_calls_of_that_tool_in_the_run(db_store: Dat
         await wait_until(pilot, lambda: app.run_view.status == "completed", what="run completed")
         assert sent == ["a@example.com", "b@example.com"]
         assert modals == 1 and app.screen.id == "main"
+        await drain(app)
 
 
 async def test_cancelling_a_run_stops_the_tool_and_records_it(db_store: DatabaseStore) -> None:
@@ -206,6 +211,7 @@ async def test_cancelling_a_run_stops_the_tool_and_records_it(db_store: Database
         bubble = app.main_screen.query_one(ChatLog).messages[-1]
         assert bubble.border_subtitle == "cancelled"
         assert model.remaining == 1  # no draft after the cancel
+        await drain(app)
     runs = await db_store.list_runs()
     assert [r.status for r in runs] == ["cancelled"]
 
@@ -222,6 +228,7 @@ async def test_resume_continues_an_interrupted_run(db_store: DatabaseStore) -> N
         assert app.run_view.run_id == "run-crashed" and app.run_view.resumed
         assert _answers(app) == ["Oslo: 21 °C."]
         assert app.main_screen.query_one(PlanTree).state_of("tool:s1") == "done"
+        await drain(app)
     record = await db_store.run_store().get_run("run-crashed")
     assert record is not None and record.status == "completed"
 
@@ -236,3 +243,4 @@ async def test_a_task_sent_while_the_model_loads_waits_for_it(db_store: Database
         await pilot.pause()
         assert _answers(app) == ["ready now"]
         assert app.stats.state == "ready"
+        await drain(app)

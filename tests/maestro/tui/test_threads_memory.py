@@ -12,7 +12,7 @@ from maestro.tui.widgets.chat.chat_log import ChatLog
 from maestro.tui.widgets.chat.prompt_input import PromptInput
 from maestro.tui.widgets.sidebar.thread_list import ThreadList
 
-from .conftest import SIZE, build_app, wait_until
+from .conftest import SIZE, build_app, drain, wait_until
 
 
 def _echo() -> FunctionModel:
@@ -60,6 +60,7 @@ async def test_switching_threads_restores_them_from_the_database(db_store: Datab
         await pilot.press(*"new topic", "enter")
         await wait_until(pilot, lambda: app.run_view.status == "completed" and len(_log(app)) == 2)
         await app.workers.wait_for_complete()
+        await drain(app)
 
     stored = await db_store.thread_messages(older.id)
     assert [m.content for m in stored][-2:] == ["and day 2?", "echo: and day 2?"]
@@ -81,6 +82,7 @@ async def test_stale_thread_loads_are_dropped(db_store: DatabaseStore) -> None:
         await pilot.pause(0.3)  # nothing from the first load may land afterwards
         assert app.thread_id == second.id
         assert _log(app) == [("user", "second thread message")]
+        await drain(app)
 
 
 async def test_prompt_history_recalls_earlier_prompts(db_store: DatabaseStore) -> None:
@@ -99,6 +101,7 @@ async def test_prompt_history_recalls_earlier_prompts(db_store: DatabaseStore) -
         assert prompt.value == "first"
         await pilot.press("down", "down")
         assert prompt.value == "draft"
+        await drain(app)
 
 
 async def test_memory_browser_edits_and_forgets(db_store: DatabaseStore) -> None:
@@ -142,6 +145,7 @@ async def test_memory_browser_edits_and_forgets(db_store: DatabaseStore) -> None
         await wait_until(pilot, lambda: len(screen.memories) == 1, what="forgotten")  # type: ignore[attr-defined]
         await pilot.press("escape")
         assert app.screen is app.main_screen
+        await drain(app)
 
     items = await memory.list(db_store.user_id)
     assert [(m.id, m.text) for m in items] == [(tea.id, "likes oolong tea")]
@@ -160,6 +164,7 @@ async def test_documents_without_ingest_say_why(db_store: DatabaseStore) -> None
         status = str(screen.query_one("#ingest-status").render())
         assert "Ingest unavailable" in status and "tools.retrieval" in status
         assert screen.query_one("#ingest-path").disabled
+        await drain(app)
 
 
 class _FakeIngestor:
@@ -199,6 +204,7 @@ async def test_documents_ingest_shows_progress_and_lists_them(
         bar = screen.query_one("#ingest-progress")
         assert bar.progress == 3 and bar.total == 3  # type: ignore[attr-defined]
         assert "ingested 3 document(s)" in str(screen.query_one("#ingest-status").render())
+        await drain(app)
 
 
 async def test_palette_sets_the_budget_preset_and_switches_threads(db_store: DatabaseStore) -> None:
@@ -220,3 +226,4 @@ async def test_palette_sets_the_budget_preset_and_switches_threads(db_store: Dat
         await pilot.press("enter")
         await wait_until(pilot, lambda: _log(app) == [("user", "summarise Q3")], what="thread")
         assert app.thread_id == target.id
+        await drain(app)
