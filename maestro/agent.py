@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -365,7 +366,7 @@ class Agent:
             except UnexpectedModelBehavior as exc:
                 # No usable plan: answer without tools rather than fail the run; the trace
                 # shows why.
-                ctx.trace.append(TraceStep(key, "plan", "failed", 0.0, 0.0, str(exc)))
+                ctx.trace.append(TraceStep(key, "plan", "failed", time.time(), 0.0, str(exc)))
                 return
             if attempt == 0:
                 state.plan = plan

@@ -123,10 +123,22 @@ class BudgetTracker:
         if b.max_usd is not None and self.usage.cost_usd >= b.max_usd:
             raise BudgetExceeded("max_usd", f"spent ${self.usage.cost_usd:.4f} of ${b.max_usd}")
 
-    def check_model_call(self, estimated_input_tokens: int) -> int | None:
-        """Raise BudgetExceeded if this call may not happen; else the max output tokens left."""
+    def check_model_call(
+        self, estimated_input_tokens: int, estimated_input_usd: float = 0.0
+    ) -> int | None:
+        """Raise BudgetExceeded if this call may not happen; else the max output tokens left.
+
+        ``estimated_input_usd`` (the prompt's price on a priced model) makes the USD cap refuse
+        a call whose prompt alone would cross it, not only calls after the cap was reached.
+        """
         b = self.budget
         self._check_common()
+        if b.max_usd is not None and self.usage.cost_usd + estimated_input_usd > b.max_usd:
+            raise BudgetExceeded(
+                "max_usd",
+                f"spent ${self.usage.cost_usd:.4f}; the next prompt costs about "
+                f"${estimated_input_usd:.4f}, over the cap of ${b.max_usd}",
+            )
         if b.max_model_calls is not None and self.usage.requests >= b.max_model_calls:
             raise BudgetExceeded("max_model_calls", f"model call cap of {b.max_model_calls} hit")
         if (

@@ -202,7 +202,9 @@ class RunContext:
             )
             return response
         estimated = sum(estimate_tokens(_message_chars(m)) for m in messages)
-        output_left = self.tracker.check_model_call(estimated)
+        pricing = self.model.pricing
+        input_usd = estimated * pricing.input_per_1m / 1_000_000 if pricing else 0.0
+        output_left = self.tracker.check_model_call(estimated, input_usd)
         if output_left is not None:
             wanted = options.max_tokens if options.max_tokens is not None else output_left
             options = dataclasses.replace(options, max_tokens=min(wanted, output_left))

@@ -233,7 +233,12 @@ class PlanExecutor:
         tool = self.tools[step.tool]
         idem = self.ctx.idempotency_key(key)
         await self.ctx.emit(
-            StepStarted(run_id=self.ctx.run_id, key=key, kind="tool", description=step.purpose)
+            StepStarted(
+                run_id=self.ctx.run_id,
+                key=key,
+                kind="tool",
+                description=step.purpose or f"{tool.name}({json.dumps(args)[:200]})",
+            )
         )
         await self.ctx.save_step(
             key=key,

@@ -212,12 +212,17 @@ async def test_usd_cap_with_priced_model() -> None:
     from maestro.llm.base import Pricing
 
     model = ScriptedModel(
-        ["draft one " * 50, judge(0.0, "no"), "x"], pricing=Pricing(1000.0, 1000.0)
+        ["draft one " * 50, judge(0.0, "no"), "x"], pricing=Pricing(100.0, 100.0)
     )
     agent = Agent(model, requirements=[Requirement("good")], budget=Budget(max_usd=0.01))
     result = await agent.run("write")
     assert result.finish_reason == "max_usd"
-    assert result.usage.cost_usd >= 0.01
+    assert result.usage.requests == 1 and result.usage.cost_usd >= 0.01
+    assert result.answer.startswith("draft one")
+    # A prompt that alone costs more than the cap is refused before it is sent.
+    pricey = ScriptedModel(["never"], pricing=Pricing(1_000_000.0, 0.0))
+    refused = await Agent(pricey, budget=Budget(max_usd=0.01)).run("write")
+    assert refused.finish_reason == "max_usd" and pricey.requests == []
 
 
 async def test_mandatory_requirement_never_passing_scores_zero() -> None:

@@ -235,3 +235,11 @@ def test_duplicate_plan_steps_are_dropped_and_references_follow() -> None:
     deduped = drop_duplicate_steps(PLAN_ADAPTER.validate_json(raw))
     assert [s.id for s in deduped.steps] == ["s1", "s3"]
     assert deduped.steps[1].args == {"v": "{{s1}}"} and deduped.steps[1].depends_on == ["s1"]
+
+
+def test_usd_cap_refuses_a_prompt_that_alone_would_cross_it() -> None:
+    tracker = BudgetTracker(Budget(max_usd=0.01))
+    tracker.check_model_call(10, estimated_input_usd=0.001)
+    with pytest.raises(BudgetExceeded) as info:
+        tracker.check_model_call(10_000, estimated_input_usd=0.02)
+    assert info.value.reason == "max_usd" and tracker.usage.requests == 0
