@@ -199,12 +199,14 @@ class MemoryRepository:
         kind_sql = "AND m.kind = :kind" if kind else ""
         params: dict[str, object] = {"uid": user_id, "limit": limit, "kind": kind}
         if self._db.dialect == "sqlite":
+            # Owner token in the FTS table: see the first migration. bm25 weighs only `text`.
             sql = (
                 "SELECT m.id FROM memory_fts JOIN memory_items m ON m.id = memory_fts.rowid "
                 f"WHERE memory_fts MATCH :q AND m.user_id = :uid {kind_sql} "
-                "ORDER BY bm25(memory_fts), m.id LIMIT :limit"
+                "ORDER BY bm25(memory_fts, 1.0, 0.0), m.id LIMIT :limit"
             )
-            params["q"] = fts5_match(tokens)
+            owner = user_id.encode().hex().upper() + "0"
+            params["q"] = f'text : ({fts5_match(tokens)}) AND owner : "{owner}"'
         else:
             sql = (
                 "SELECT m.id FROM memory_items m, to_tsquery('english', :q) AS q "

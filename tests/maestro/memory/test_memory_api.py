@@ -115,3 +115,12 @@ def test_reciprocal_rank_fusion_matches_the_worked_example() -> None:
     fused = reciprocal_rank_fusion([[1, 4], [4, 5, 1, 3, 2]])
     assert [i for i, _ in fused][:3] == [4, 1, 5]
     assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+
+
+async def test_isolation_holds_for_look_alike_user_ids(db: Database) -> None:
+    users = ["a b", "a b c", "a", "alice@example.com", "alice example com", "Zoë", "zoe", "ed", "e"]
+    for user in users:
+        await db.memory.remember(user, f"the shared secret word is pineapple for {user}")
+    for user in users:
+        hits = await db.memory.recall(user, "pineapple secret", k=20)
+        assert [h.item.user_id for h in hits] == [user]

@@ -267,7 +267,9 @@ _FULLTEXT = (("memory_items", "text", "memory_fts"), ("chunks", "text", "chunks_
 def _create_fulltext() -> None:
     dialect = op.get_bind().dialect.name
     for table, column, fts in _FULLTEXT:
-        if dialect == "sqlite":
+        if dialect == "sqlite" and table == "memory_items":
+            _create_memory_fts()
+        elif dialect == "sqlite":
             op.execute(
                 f"CREATE VIRTUAL TABLE {fts} USING fts5({column}, content='{table}', "
                 f"content_rowid='id', tokenize='porter unicode61')"
@@ -286,6 +288,34 @@ def _create_fulltext() -> None:
                 f"GENERATED ALWAYS AS (to_tsvector('english', {column})) STORED"
             )
             op.execute(f"CREATE INDEX ix_{table}_tsv ON {table} USING GIN (tsv)")
+
+
+# Memory recall is always scoped to one user. A per-user filter *after* an FTS5 match makes
+# SQLite rank every user's matching rows first; instead the owner is a second FTS column
+# holding one token (hex of the user id plus a trailing digit, so neither the tokenizer nor
+# the Porter stemmer can split or shorten it) and the MATCH intersects both posting lists.
+# The table is contentless (the text lives in memory_items); triggers keep it in sync.
+MEMORY_USER_TOKEN_SQL = "hex({0}) || '0'"
+
+
+def _create_memory_fts() -> None:
+    op.execute(
+        "CREATE VIRTUAL TABLE memory_fts USING fts5(text, owner, content='', "
+        "tokenize='porter unicode61')"
+    )
+    new_owner = MEMORY_USER_TOKEN_SQL.format("new.user_id")
+    old_owner = MEMORY_USER_TOKEN_SQL.format("old.user_id")
+    insert = f"INSERT INTO memory_fts(rowid, text, owner) VALUES (new.id, new.text, {new_owner});"
+    delete = (
+        "INSERT INTO memory_fts(memory_fts, rowid, text, owner) "
+        f"VALUES ('delete', old.id, old.text, {old_owner});"
+    )
+    op.execute(f"CREATE TRIGGER memory_fts_ai AFTER INSERT ON memory_items BEGIN {insert} END")
+    op.execute(f"CREATE TRIGGER memory_fts_ad AFTER DELETE ON memory_items BEGIN {delete} END")
+    op.execute(
+        "CREATE TRIGGER memory_fts_au AFTER UPDATE OF text, user_id ON memory_items "
+        f"BEGIN {delete} {insert} END"
+    )
 
 
 def _drop_fulltext() -> None:
