@@ -36,8 +36,6 @@ seccomp and Landlock only, and can read everything that user can.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import shutil
@@ -53,9 +51,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tools.python import harvest
+from tools.python.isolation import (
+    SANDBOX_UID,
+    bwrap_argv,
+    bwrap_available,
+    kill_group,
+    unprivileged_kwargs,
+)
 from tools.python.protocol import ProtocolError, recv_frame, send_frame
 
-SANDBOX_UID = 65534
+__all__ = ["ExecResult", "PythonSandbox", "SandboxLimits", "SandboxUnavailable", "bwrap_available"]
+
 MAX_CODE_BYTES = 512 << 10  # the worker refuses request frames over 1 MiB
 _WORKER_FILES = ("worker.py", "confine.py")
 _INSIDE_WORKDIR = "/workspace"
@@ -106,53 +112,6 @@ class ExecResult:
         if self.files:
             parts.append("[files in work dir] " + ", ".join(self.files))
         return "\n".join(parts) if parts else "(no output)"
-
-
-def bwrap_available() -> str | None:
-    """Why bubblewrap cannot be used here, or None when a probe sandbox starts fine."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bubblewrap (bwrap) is not installed; on Debian: apt-get install bubblewrap"
-    return _probe_bwrap(bwrap)
-
-
-@functools.cache
-def _probe_bwrap(bwrap: str) -> str | None:
-    """Start one empty sandbox (once per process and bwrap binary) to see namespaces work."""
-    probe = [bwrap, "--unshare-all", "--unshare-user", "--cap-drop", "ALL",
-             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
-             "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-             "--", "/usr/bin/true"]
-    proc = subprocess.run(probe, capture_output=True, text=True, timeout=30,
-                          **_unprivileged_kwargs(), env={})
-    if proc.returncode != 0:
-        return f"bubblewrap cannot create namespaces here: {proc.stderr.strip()}"
-    return None
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _unprivileged_kwargs() -> dict[str, Any]:
-    if os.geteuid() == 0:
-        return {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
-    return {}
-
-
-def _root_symlinks() -> list[str]:
-    """Recreate the host's merged-/usr links (/bin -> usr/bin ...) or bind the real dirs."""
-    args: list[str] = []
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        host = Path("/") / name
-        if host.is_symlink():
-            args += ["--symlink", os.readlink(host), f"/{name}"]
-        elif host.is_dir():
-            args += ["--ro-bind", str(host), f"/{name}"]
-    return args
 
 
 class PythonSandbox:
@@ -222,7 +181,7 @@ class PythonSandbox:
         finally:
             child_end.close()
         # A session dropped without close() must not outlive its owner object.
-        weakref.finalize(self, _kill_group, self._proc)
+        weakref.finalize(self, kill_group, self._proc)
         self._sock = host_end
         try:
             self._handshake()
@@ -291,33 +250,20 @@ class PythonSandbox:
             argv = [sys.executable, "-I", "-u", str(self._stage / "worker.py"), str(channel_fd),
                     work, self._config([work, tempfile.gettempdir()])]
             return argv, {"cwd": work}
-        lim = self.limits
-        bwrap = shutil.which("bwrap") or "bwrap"
-        argv = [
-            bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID),
-            "--gid", str(SANDBOX_UID), "--disable-userns", "--cap-drop", "ALL",
-            "--die-with-parent", "--new-session", "--hostname", "sandbox",
-            "--ro-bind", "/usr", "/usr", *_root_symlinks(),
-            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-            "--ro-bind-try", "/etc/localtime", "/etc/localtime",
-            # Debian resolves some libraries (libblas for numpy) through these symlinks.
-            "--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
-            "--proc", "/proc", "--dev", "/dev",
-            "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
-            "--size", str(lim.workdir_bytes), "--perms", "0700", "--tmpfs", _INSIDE_WORKDIR,
-            "--ro-bind", str(self._stage), _INSIDE_CODE_DIR,
-            "--chdir", _INSIDE_WORKDIR, "--clearenv",
-            *[a for k, v in self._env().items() for a in ("--setenv", k, v)],
-            "--", self.python, "-I", "-u", f"{_INSIDE_CODE_DIR}/worker.py", str(channel_fd),
-            _INSIDE_WORKDIR, self._config([_INSIDE_WORKDIR, "/tmp"]),
-        ]
-        return argv, _unprivileged_kwargs()
+        argv = bwrap_argv(
+            code_dir=self._stage, inside_code_dir=_INSIDE_CODE_DIR, workdir=_INSIDE_WORKDIR,
+            tmp_bytes=self.limits.tmp_bytes, workdir_bytes=self.limits.workdir_bytes,
+            env=self._env(), command=[
+                self.python, "-I", "-u", f"{_INSIDE_CODE_DIR}/worker.py", str(channel_fd),
+                _INSIDE_WORKDIR, self._config([_INSIDE_WORKDIR, "/tmp"])],
+        )
+        return argv, unprivileged_kwargs()
 
     def _kill(self) -> None:
         """SIGKILL the whole sandbox. bwrap's --die-with-parent and the PID namespace take
         every process inside down with the outer bwrap process."""
         if self._proc is not None:
-            _kill_group(self._proc)
+            kill_group(self._proc)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
