@@ -1,12 +1,15 @@
-"""Weight-only int8 quantisation for CPU decode: ``quantize_(model, "int8")``.
+"""Weight-only quantisation for CPU decode: ``quantize_(model, "int8" | "int4")``.
 
 Why: decoding one token reads every weight once, so it is bound by memory bandwidth, not
-arithmetic. Storing weights as int8 with one fp32 scale per output channel reads ~4x fewer
-bytes than fp32 (2x fewer than bf16); the kernel (``model.kernels.int8_linear``) widens int8 to
-fp32 in registers, and activations stay in the model's dtype.
+arithmetic. int8 weights read ~4x fewer bytes than fp32 (2x fewer than bf16), int4 ~6.4x; the
+kernels (``model.kernels.int8_linear`` / ``int4_linear``) widen the integers to fp32 in
+registers, and activations stay in the model's dtype.
 
-Scheme: symmetric, per output row: ``scale = max|W_row| / 127``, ``W8 = round(W / scale)``,
-so every weight is off by at most ``scale / 2``.
+Schemes (symmetric, every weight off by at most ``scale / 2``):
+- int8: one scale per output row, ``scale = max|W_row| / 127``, ``W8 = round(W / scale)``;
+- int4: one scale per group of 32 weights along the input, ``scale = max|W_group| / 7``,
+  ``q = round(W / scale)`` in [-7, 7], packed two per byte (layout: ``kernels.pack_int4``).
+  Layers whose input size is not a multiple of 32 fall back to int8.
 
 What is quantised (in place):
 - every ``nn.Linear`` except those whose weights the Mamba mixer reads directly inside its
@@ -24,7 +27,7 @@ from torch import nn
 
 from model import kernels
 
-MODES = ("int8", "none")
+MODES = ("int8", "int4", "none")
 KEEP_LINEAR = ("x_proj", "dt_proj", "router")
 EXPERT_STACKS = ("gate_proj", "up_proj", "down_proj")
 
@@ -37,71 +40,99 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w8, scale
 
 
-class QuantLinear(nn.Module):
-    """Drop-in for ``nn.Linear`` with an int8 weight and per-output-channel fp32 scales."""
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight, in % 32 == 0 -> (packed (out, in/2) uint8, scale (out, in/32))."""
+    w = weight.detach().float()
+    groups = w.reshape(w.shape[0], -1, kernels.quant_linear.INT4_GROUP)  # (out, in/32, 32)
+    scale = groups.abs().amax(dim=-1).clamp_min(1e-12) / 7.0
+    q = torch.round(groups / scale[..., None]).clamp_(-7, 7).reshape(w.shape)
+    return kernels.pack_int4(q), scale
 
-    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None) -> None:
+
+def _int4_ok(in_features: int) -> bool:
+    return in_features % kernels.quant_linear.INT4_GROUP == 0
+
+
+class QuantLinear(nn.Module):
+    """Drop-in for ``nn.Linear`` with an int8 or packed int4 weight and fp32 scales."""
+
+    def __init__(self, linear: nn.Linear, bits: int = 8) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(out_features))
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.bits = bits
+        qweight, scale = (quantize_int4 if bits == 4 else quantize_int8)(linear.weight)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        bias = linear.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> QuantLinear:
-        q = cls(linear.in_features, linear.out_features, linear.bias)
-        q.weight_int8, q.scale = quantize_int8(linear.weight)
-        return q
+    def from_linear(cls, linear: nn.Linear, bits: int = 8) -> QuantLinear:
+        return cls(linear, bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.int8_linear(x, self.weight_int8, self.scale, self.bias)
+        op = kernels.int4_linear if self.bits == 4 else kernels.int8_linear
+        return op(x, self.qweight, self.scale, self.bias)
 
     def dequantize(self) -> torch.Tensor:
-        """The fp32 weight this layer computes with (W8 * scale)."""
-        return self.weight_int8.float() * self.scale[:, None]
+        """The fp32 weight this layer computes with."""
+        if self.bits == 4:
+            group = kernels.quant_linear.INT4_GROUP
+            return kernels.unpack_int4(self.qweight).float() * self.scale.repeat_interleave(group, 1)
+        return self.qweight.float() * self.scale[:, None]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}"
 
 
 class QuantExperts(nn.Module):
-    """A stack of E expert matrices (E, out, in) in int8, scales (E, out)."""
+    """A stack of E expert matrices (E, out, in), each quantised like :class:`QuantLinear`."""
 
-    def __init__(self, stack: torch.Tensor) -> None:
+    def __init__(self, stack: torch.Tensor, bits: int = 8) -> None:
         super().__init__()
-        w8, scale = quantize_int8(stack)
-        self.register_buffer("weight_int8", w8)
-        self.register_buffer("scale", scale)
+        self.experts = nn.ModuleList(
+            QuantLinear(_as_linear(stack[e]), bits) for e in range(stack.shape[0])
+        )
 
     def linear(self, x: torch.Tensor, expert: int) -> torch.Tensor:
         """x (..., in) @ W[expert]^T -> (..., out), in x's dtype."""
-        return kernels.int8_linear(x, self.weight_int8[expert], self.scale[expert], None)
+        return self.experts[expert](x)
 
-    def extra_repr(self) -> str:
-        experts, out_features, in_features = self.weight_int8.shape
-        return f"experts={experts}, out_features={out_features}, in_features={in_features}, int8"
+
+def _as_linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free nn.Linear view of an (out, in) tensor, without copying it."""
+    linear = nn.Linear(1, 1, bias=False, device="meta")
+    linear.in_features, linear.out_features = weight.shape[1], weight.shape[0]
+    linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    return linear
 
 
 def quantize_(model: nn.Module, mode: str = "int8") -> nn.Module:
     """Quantise ``model``'s weights in place (see the module docstring) and return it.
 
-    ``mode`` is ``"int8"`` or ``"none"`` (a no-op, so callers can pass a CLI flag through).
-    The original float weights are released unless something else (a tied embedding) holds them.
+    ``mode`` is ``"int8"``, ``"int4"`` or ``"none"`` (a no-op, so callers can pass a CLI flag
+    through). The original float weights are released unless something else (a tied
+    embedding) holds them.
     """
     if mode not in MODES:
         raise ValueError(f"unknown quantisation {mode!r}; choose one of {MODES}")
     if mode == "none":
         return model
+    wanted = 4 if mode == "int4" else 8
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and name not in KEEP_LINEAR:
-                setattr(module, name, QuantLinear.from_linear(child))
+                bits = wanted if wanted == 8 or _int4_ok(child.in_features) else 8
+                setattr(module, name, QuantLinear(child, bits))
         for name in EXPERT_STACKS:
             stack = module._parameters.get(name)
             if stack is not None and stack.dim() == 3:
+                bits = wanted if wanted == 8 or _int4_ok(stack.shape[-1]) else 8
                 del module._parameters[name]
-                module.add_module(name, QuantExperts(stack))
+                module.add_module(name, QuantExperts(stack, bits))
     return model
 
 

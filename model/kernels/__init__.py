@@ -19,8 +19,15 @@ from model.kernels.dispatch import (
     register_backend,
     use,
 )
-from model.kernels.int8_linear import int8_linear, int8_linear_ref
 from model.kernels.mamba_decode import mamba_decode_step, mamba_decode_step_ref
+from model.kernels.quant_linear import (
+    int4_linear,
+    int4_linear_ref,
+    int8_linear,
+    int8_linear_ref,
+    pack_int4,
+    unpack_int4,
+)
 from model.kernels.selective_scan import (
     selective_scan,
     selective_scan_ref,
@@ -35,15 +42,19 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "causal_conv1d_update_ref",
+    "int4_linear",
+    "int4_linear_ref",
     "int8_linear",
     "int8_linear_ref",
     "mamba_decode_step",
     "mamba_decode_step_ref",
     "op_backends",
+    "pack_int4",
     "register_backend",
     "selective_scan",
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
+    "unpack_int4",
     "use",
 ]

@@ -284,3 +284,24 @@ def test_int8_linear(dtype, rows):
     else:
         y_low = kernels.int8_linear_ref(x, weight, scale, bias)
         _assert_low_precision(f"int8 linear bf16 rows={rows}", y, y_low, y32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_int4_linear(dtype, rows):
+    g = torch.Generator().manual_seed(13)
+    n_out, k_in = 37, 96
+    q = torch.randint(-8, 8, (n_out, k_in), generator=g)
+    packed = kernels.pack_int4(q)
+    scale = torch.rand(n_out, k_in // 32, generator=g) * 0.05
+    bias = torch.randn(n_out, generator=g)
+    x32 = torch.randn(2, rows, k_in, generator=g)
+    y32 = kernels.int4_linear_ref(x32, packed, scale, bias)
+    x = x32.to(dtype)
+    y = kernels.int4_linear(x, packed, scale, bias)
+    assert y.shape == (2, rows, n_out) and y.dtype == dtype
+    if dtype == torch.float32:
+        _assert_fp32(f"int4 linear rows={rows}", y, y32)
+    else:
+        y_low = kernels.int4_linear_ref(x, packed, scale, bias)
+        _assert_low_precision(f"int4 linear bf16 rows={rows}", y, y_low, y32)

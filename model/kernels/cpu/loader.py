@@ -125,6 +125,10 @@ def _register_fakes() -> None:
     def _int8(x, weight, scale, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
+    @torch.library.register_fake(lib + "int4_linear")
+    def _int4(x, packed, scale, bias):
+        return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
 
 def _silu_flag(activation: str | None) -> bool:
     if activation in ("silu", "swish"):
@@ -169,7 +173,17 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
         return ops.int8_linear(x, weight, scale, bias)
 
+    def int4_linear(x, packed, scale, bias=None):
+        rows = x.numel() // max(x.shape[-1], 1)
+        if rows > _INT8_MATVEC_MAX_ROWS:  # prefill: dequantise once, BLAS matmul
+            from model.kernels.quant_linear import INT4_GROUP, unpack_int4
+
+            w = unpack_int4(packed).to(x.dtype) * scale.to(x.dtype).repeat_interleave(INT4_GROUP, 1)
+            return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+        return ops.int4_linear(x, packed, scale, bias)
+
     return {
+        "int4_linear": int4_linear,
         "int8_linear": int8_linear,
         "selective_scan": selective_scan,
         "causal_conv1d": causal_conv1d,
