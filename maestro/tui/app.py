@@ -99,6 +99,7 @@ class MaestroApp(App[None]):
         self._first_token: float | None = None
         self._last_status = 0.0
         self._context_base = 0
+        self._engine: Any = None  # the embedded engine behind a LocalModel, once loaded
 
     def get_default_screen(self) -> Screen[Any]:
         return self.main_screen
@@ -151,7 +152,8 @@ class MaestroApp(App[None]):
             except Exception as exc:  # the status line must say why, whatever it was
                 self._model_failed(str(exc) if isinstance(exc, MaestroError) else repr(exc))
                 return
-        self.model, self.model_error = model, None
+        self.model, self.model_error, self._engine = model, None, engine
+        _enable_prefix_cache(engine)
         self.stats.state = "ready"
         length = getattr(engine, "context_length", None) or getattr(model, "context_length", None)
         self.stats.context_length = length if isinstance(length, int) else None
@@ -421,7 +423,13 @@ class MaestroApp(App[None]):
         self._show_stats()
 
     def _read_cache_stats(self) -> None:
-        """Engines that keep a prefix-state cache report it as ``cache_stats() -> dict``."""
+        """Prefix-state cache hits: the embedded engine keeps ``prefix_cache.stats`` (hits,
+        requests); other models may offer ``cache_stats() -> {"hits", "lookups"}``."""
+        cache_stats = getattr(getattr(self._engine, "prefix_cache", None), "stats", None)
+        if cache_stats is not None:
+            self.stats.cache_hits = int(getattr(cache_stats, "hits", 0))
+            self.stats.cache_lookups = int(getattr(cache_stats, "requests", 0))
+            return
         reader = getattr(self.model, "cache_stats", None)
         if not callable(reader):
             return
@@ -472,6 +480,18 @@ class MaestroApp(App[None]):
         )
         yield SystemCommand("Memory", "Browse, edit and forget memories", self.action_open_memory)
         yield SystemCommand("Documents", "Ingest and list documents", self.action_open_documents)
+
+
+PREFIX_CACHE_BYTES = 256 * 2**20
+
+
+def _enable_prefix_cache(engine: Any) -> None:
+    """Turn on the engine's prefix-state cache: each turn of a thread re-sends the whole
+    conversation, and the cache restores the hybrid state of the part already read instead
+    of prefilling it again. Engines without one are left alone."""
+    enable = getattr(engine, "enable_prefix_cache", None)
+    if callable(enable) and getattr(engine, "prefix_cache", None) is None:
+        enable(PREFIX_CACHE_BYTES)
 
 
 def _title(task: str) -> str:
