@@ -259,7 +259,7 @@ def _build_tool(
             annotation,
             pydantic.Field(default, description=doc_params.get(param.name)),
         )
-    args_model = pydantic.create_model(  # type: ignore[call-overload]
+    args_model = pydantic.create_model(
         f"{tool_name}_arguments",
         __config__=pydantic.ConfigDict(extra="forbid"),
         **fields,

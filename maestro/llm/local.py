@@ -279,5 +279,4 @@ def _engine_errors() -> tuple[type[BaseException], ...]:
     return (EngineError,)
 
 
-
 __all__ = ["LocalModel", "forced_schema", "parse_tool_calls"]

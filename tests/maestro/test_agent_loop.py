@@ -211,9 +211,7 @@ async def test_wall_time_cap_ends_a_hanging_tool() -> None:
 async def test_usd_cap_with_priced_model() -> None:
     from maestro.llm.base import Pricing
 
-    model = ScriptedModel(
-        ["draft one " * 50, judge(0.0, "no"), "x"], pricing=Pricing(100.0, 100.0)
-    )
+    model = ScriptedModel(["draft one " * 50, judge(0.0, "no"), "x"], pricing=Pricing(100.0, 100.0))
     agent = Agent(model, requirements=[Requirement("good")], budget=Budget(max_usd=0.01))
     result = await agent.run("write")
     assert result.finish_reason == "max_usd"
