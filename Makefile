@@ -46,6 +46,7 @@ system-deps:
 		command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
 		[ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libseccomp.so.2 ] || missing="$$missing libseccomp2"; \
 		command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
+		[ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import numpy, pandas' 2>/dev/null || missing="$$missing python3-numpy python3-pandas"; \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 		if [ -n "$$missing" ]; then \
 			echo "installing system packages:$$missing"; \
