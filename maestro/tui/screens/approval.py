@@ -45,9 +45,9 @@ class ApprovalScreen(ModalScreen[ApprovalDecision]):
             )
             yield Static(args, markup=False, id="approval-args")
             with Horizontal(id="approval-buttons"):
-                yield Button("Approve [a]", id="approve", variant="success")
-                yield Button("Deny [d]", id="deny", variant="error")
-                yield Button("Always this run [A]", id="always", variant="warning")
+                yield Button("Approve (a)", id="approve", variant="success")
+                yield Button("Deny (d)", id="deny", variant="error")
+                yield Button("Always this run (A)", id="always", variant="warning")
 
     def on_mount(self) -> None:
         self.query_one("#deny", Button).focus()

@@ -15,6 +15,7 @@ import pytest
 from textual.pilot import Pilot
 
 from maestro.events import (
+    ApprovalRequested,
     BudgetUpdate,
     Event,
     FixRound,
@@ -185,6 +186,10 @@ class Replay:
             if index == self.pause_at:
                 self.paused.set()
                 await self.resume.wait()
+            if isinstance(event, ApprovalRequested):
+                yield event
+                await request.approve(event)  # as the agent loop does: the modal opens
+                continue
             yield event
 
 
@@ -235,6 +240,23 @@ def test_main_screen_mid_run(snap_compare: object) -> None:
         await _settle(pilot, lambda: bubble.source.startswith("ACME's Q3"))
 
     assert snap_compare(app, terminal_size=SNAPSHOT_SIZE, run_before=mid_run)  # type: ignore[operator]
+
+
+def test_approval_modal(snap_compare: object) -> None:
+    ask = ApprovalRequested(
+        step_key="tool:s4",
+        tool="send_email",
+        args={"to": "cfo@example.com", "subject": "Q3 revenue", "body": "ACME leads by $2.6M."},
+        **_at(2.6),
+    )
+    app = _app(Replay([*BEFORE_ANSWER[:-3], ask]))
+
+    async def asking(pilot: Pilot[None]) -> None:
+        await _settle(pilot, lambda: app.stats.state == "ready")
+        await pilot.press(*"compare Q3", "enter")
+        await _settle(pilot, lambda: type(app.screen).__name__ == "ApprovalScreen")
+
+    assert snap_compare(app, terminal_size=SNAPSHOT_SIZE, run_before=asking)  # type: ignore[operator]
 
 
 def test_main_screen_finished(snap_compare: object) -> None:

@@ -226,4 +226,10 @@ async def test_palette_sets_the_budget_preset_and_switches_threads(db_store: Dat
         await pilot.press("enter")
         await wait_until(pilot, lambda: _log(app) == [("user", "summarise Q3")], what="thread")
         assert app.thread_id == target.id
+
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Theme: nord")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.theme == "nord", what="theme nord")
         await drain(app)
