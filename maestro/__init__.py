@@ -1,8 +1,32 @@
 """Maestro: agents that plan, call typed tools, and check their answers against requirements.
 
-The public API is re-exported here (``from maestro import Agent, tool, Requirement``).
-Importing ``maestro`` is cheap: no torch, no HTTP client set-up, no TUI — the embedded engine
-is imported only when a ``LocalModel`` is first used.
+::
+
+    from maestro import Agent, Budget, LocalModel, Requirement, tool
+
+    @tool
+    def calculator(expression: str) -> str:
+        # the docstring becomes the tool's description; the signature its JSON schema
+        ...
+
+    agent = Agent(
+        LocalModel(),                      # or OpenAIModel("gpt-4.1", api_key=...)
+        tools=[calculator],
+        requirements=[Requirement("states the number", check=lambda a: "391" in a)],
+        budget=Budget.of("medium", max_wall_seconds=120),
+    )
+    result = agent.run_sync("What is 17 * 23?")
+    print(result.answer, result.report.summary(), result.usage)
+
+The loop: plan (a typed plan under a JSON-schema grammar) → execute (independent steps
+concurrently) → draft → validate (programmatic checks, else a model judge) → fix, until the
+requirements pass or the budget is spent; every step is an event (``agent.run_stream``) and a
+stored step (``agent.resume(run_id)`` after a crash). ``agent.chat`` is the plain
+tool-calling loop for assistants. Tests drive all of it with ``maestro.testing.ScriptedModel``.
+
+The public API is re-exported here with a sorted ``__all__``. Importing ``maestro`` is cheap:
+no torch, no HTTP client, no TUI — ``OpenAIModel`` and ``LocalModel`` are imported on first
+use, and the embedded engine only when a ``LocalModel`` first generates.
 """
 
 from __future__ import annotations
