@@ -83,6 +83,11 @@ class StepOutcome:
     replayed: bool = False
     duration_s: float = 0.0
 
+    @property
+    def usable(self) -> bool:
+        """Whether dependents may run: succeeded, or a tool-less note (skipped, no error)."""
+        return self.status == "succeeded" or (self.status == "skipped" and self.error is None)
+
     def to_output(self) -> dict[str, Any]:
         return {
             "step_id": self.step_id,
@@ -223,7 +228,7 @@ class PlanExecutor:
         started = time.time()
         args = substitute(step.args, self.outcomes)
         outcome = StepOutcome(step.id, key, step.tool, args, "failed")
-        failed_deps = [d for d in step.depends_on if self.outcomes[d].status != "succeeded"]
+        failed_deps = [d for d in step.depends_on if not self.outcomes[d].usable]
         if step.tool is None or failed_deps:
             outcome.status = "skipped"
             outcome.error = (

@@ -542,3 +542,31 @@ async def test_a_bug_in_a_check_raises_and_closes_the_run_as_failed() -> None:
         await Agent(ScriptedModel(["x"]), requirements=[bad], store=store).run("t", run_id="bug")
     assert store.runs["bug"].status == "failed"
     assert "UserError" in (store.runs["bug"].result or {}).get("error", "")
+
+
+async def test_failed_step_skips_its_dependents_but_a_note_does_not() -> None:
+    ran: list[str] = []
+
+    @tool
+    def act(name: str) -> str:
+        """Act."""
+        ran.append(name)
+        if name == "bad":
+            raise RuntimeError("broken")
+        return name
+
+    model = ScriptedModel(
+        [
+            plan(
+                plan_step("n1", None),
+                plan_step("s1", "act", {"name": "after-note"}, depends_on=["n1"]),
+                plan_step("s2", "act", {"name": "bad"}),
+                plan_step("s3", "act", {"name": "after-bad"}, depends_on=["s2"]),
+            ),
+            "done",
+        ]
+    )
+    result = await Agent(model, tools=[act]).run("t")
+    assert sorted(ran) == ["after-note", "bad"]
+    statuses = {t.key: t.status for t in result.trace if t.kind == "tool"}
+    assert statuses["tool:s3"] == "skipped" and statuses["tool:s1"] == "succeeded"
