@@ -242,3 +242,49 @@ def test_parse_retry_after_variants() -> None:
     assert parse_retry_after(httpx.Headers({})) is None
     date = parse_retry_after(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}))
     assert date == 0.0
+
+
+async def test_agent_loop_through_a_fake_openai_server() -> None:
+    """Plan (json_schema, non-streamed) → tool → draft (SSE) → judge, all over HTTP."""
+    from maestro.agent import Agent
+    from maestro.requirements import Requirement
+    from maestro.tool import tool
+
+    @tool
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers."""
+        return a * b
+
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        fmt = (body.get("response_format") or {}).get("json_schema", {}).get("name")
+        if fmt == "Plan":
+            plan = {
+                "steps": [
+                    {"id": "s1", "tool": "multiply", "args": {"a": 17, "b": 23}, "depends_on": []}
+                ],
+                "rationale": "exact",
+            }
+            return httpx.Response(200, json=completion(json.dumps(plan)))
+        if fmt == "JudgeVerdict":
+            return httpx.Response(200, json=completion('{"score": 1.0, "reason": "polite"}'))
+        assert body.get("stream") is True
+        chunks = [
+            {"choices": [{"index": 0, "delta": {"content": part}}]}
+            for part in ("17 × 23 = ", "391, ", "kindly computed.")
+        ]
+        return httpx.Response(
+            200, content=sse(*chunks), headers={"content-type": "text/event-stream"}
+        )
+
+    agent = Agent(make_model(handler), tools=[multiply], requirements=[Requirement("polite")])
+    result = await agent.run("17 times 23?")
+    assert result.answer == "17 × 23 = 391, kindly computed."
+    assert result.passed and result.data_sources[0]["excerpt"] == "391"
+    plan_schema = bodies[0]["response_format"]["json_schema"]["schema"]
+    variants = plan_schema["$defs"]["PlanStep"]["anyOf"]
+    assert variants[0]["properties"]["tool"] == {"const": "multiply"}
+    assert "391" in bodies[1]["messages"][-1]["content"]  # tool results reach the draft
