@@ -29,6 +29,7 @@ import torch
 from model.errors import ContextLengthError, ModelError
 
 if TYPE_CHECKING:
+    from model.prefix_cache import PrefixCache
     from model.tokenizer import StreamDecoder, Tokenizer
     from model.transformer import CausalLM
 
@@ -94,6 +95,7 @@ class SamplingParams:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens restored from the prefix cache, not prefilled
 
     @property
     def total_tokens(self) -> int:
@@ -158,6 +160,7 @@ class _Sequence:
     emitted: int = 0  # characters of ``text`` already handed to the caller
     finish_reason: FinishReason | None = None
     steps: int = 0  # tokens sampled, including a final stop token
+    cached: int = 0  # prompt tokens restored from the prefix cache
 
     def _held_back(self) -> int:
         """Characters at the end of ``text`` that could start a stop string."""
@@ -225,8 +228,14 @@ def _run(
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
     processors: Sequence[LogitsProcessor | None] | None,
+    prefix_cache: PrefixCache | None = None,
+    boundaries: Sequence[int] = (),
 ) -> Iterator[tuple[list[str], list[_Sequence]]]:
-    """Yields, after every step, each sequence's new visible text and the sequence states."""
+    """Yields, after every step, each sequence's new visible text and the sequence states.
+
+    With a ``prefix_cache``, a single prompt resumes from its longest cached prefix and records
+    new snapshots (at block boundaries, at ``boundaries`` and at its end); batches skip it.
+    """
     params.validate()
     if not prompts:
         raise ValueError("no prompts given")
@@ -261,7 +270,12 @@ def _run(
     # inference_mode only around tensor work: a generator suspended at ``yield`` must not
     # leave the caller's own code running in inference mode.
     with torch.inference_mode():
-        logits, cache = _prefill(model, prompts, longest + budget, pad_id)
+        if prefix_cache is not None and len(prompts) == 1:
+            logits, cache, seqs[0].cached = prefix_cache.prefill(
+                model, prompts[0], longest + budget, boundaries
+            )
+        else:
+            logits, cache = _prefill(model, prompts, longest + budget, pad_id)
     for step in range(budget):
         with torch.inference_mode():
             tokens = _pick(logits.float(), seqs, params, processors, history, generator)
@@ -327,7 +341,9 @@ def _result(seq: _Sequence) -> GenerationResult:
         text=seq.text,
         token_ids=list(seq.ids),
         finish_reason=seq.finish_reason,
-        usage=Usage(prompt_tokens=seq.prompt_len, completion_tokens=seq.steps),
+        usage=Usage(
+            prompt_tokens=seq.prompt_len, completion_tokens=seq.steps, cached_tokens=seq.cached
+        ),
     )
 
 
@@ -337,10 +353,14 @@ def generate_batch(
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
     processors: Sequence[LogitsProcessor | None] | None = None,
+    prefix_cache: PrefixCache | None = None,
+    boundaries: Sequence[int] = (),
 ) -> list[GenerationResult]:
-    """Generate for several tokenised prompts at once (different lengths are fine)."""
+    """Generate for several tokenised prompts at once (different lengths are fine).
+
+    ``prefix_cache`` (single prompts only) reuses and records prompt-prefix states."""
     seqs: list[_Sequence] = []
-    for _, states in _run(model, tokenizer, prompts, params, processors):
+    for _, states in _run(model, tokenizer, prompts, params, processors, prefix_cache, boundaries):
         seqs = states
     return [_result(s) for s in seqs]
 
@@ -352,13 +372,17 @@ def generate_stream(
     params: SamplingParams,
     processor: LogitsProcessor | None = None,
     result: list[GenerationResult] | None = None,
+    prefix_cache: PrefixCache | None = None,
+    boundaries: Sequence[int] = (),
 ) -> Iterator[str]:
     """Yield text increments for one prompt; they concatenate to the final text.
 
     Pass an empty list as ``result`` to receive the ``GenerationResult`` when the stream ends.
     """
     seqs: list[_Sequence] = []
-    for deltas, states in _run(model, tokenizer, [prompt], params, [processor]):
+    for deltas, states in _run(
+        model, tokenizer, [prompt], params, [processor], prefix_cache, boundaries
+    ):
         seqs = states
         if deltas[0]:
             yield deltas[0]

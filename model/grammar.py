@@ -38,7 +38,7 @@ import torch
 
 from model.errors import ModelError
 
-__all__ = ["Grammar", "GrammarError", "GrammarMatcher", "GrammarTokenizer"]
+__all__ = ["Grammar", "GrammarError", "GrammarMatcher", "GrammarProcessor", "GrammarTokenizer"]
 
 
 # JSON written the way ``json.dumps`` writes it, the form models saw most in training; no free
@@ -192,3 +192,23 @@ class GrammarMatcher:
     def _raise_if_error(self) -> None:
         if self._matcher.is_error():
             raise GrammarError(f"grammar matcher failed: {self._matcher.get_error()}")
+
+
+class GrammarProcessor:
+    """A ``model.generate.LogitsProcessor`` for one sequence: catch the matcher up with the
+    tokens sampled since the last call, then mask. ``matcher`` stays readable afterwards
+    (``is_accepting()`` says whether the output is complete)."""
+
+    def __init__(self, matcher: GrammarMatcher) -> None:
+        self.matcher = matcher
+        self._seen = 0
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, grammar: Grammar, vocab_size: int | None = None) -> GrammarProcessor:
+        return cls(GrammarMatcher(GrammarTokenizer.for_tokenizer(tokenizer, vocab_size), grammar))
+
+    def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        for token in generated[self._seen :]:
+            self.matcher.advance(token)
+        self._seen = len(generated)
+        return self.matcher.mask_(logits)

@@ -1,0 +1,119 @@
+# ruff: noqa: F811  (pytest fixtures imported by name from _io_fixtures)
+"""Storable state: a snapshot survives bytes, resumes exactly, and refuses the wrong model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import load
+from model.hf import load_hf_dir
+from model.state_io import (
+    StateFormatError,
+    StateMismatchError,
+    snapshot_from_bytes,
+    snapshot_to_bytes,
+)
+from model.transformer import CausalLM
+from tests.model._io_fixtures import smollm2, smollm2_gguf, tiny_llama  # noqa: F401
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def jamba(checkpoint_factory) -> CausalLM:
+    return load_hf_dir(checkpoint_factory("v01_pattern").path)
+
+
+def ids(model: CausalLM, length: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, model.config.vocab_size, (length,), generator=gen).tolist()
+
+
+@torch.inference_mode()
+def test_stored_state_resumes_exactly(jamba, kernel_backend):
+    history, more = ids(jamba, 37, seed=1), ids(jamba, 5, seed=2)
+    cache = jamba.new_cache(1, 64)
+    jamba(torch.tensor([history]), cache=cache)
+    blob = snapshot_to_bytes(cache.snapshot(), "tiny-jamba", history)
+
+    state = snapshot_from_bytes(blob, jamba, model_id="tiny-jamba")
+    assert state.token_ids == history and state.seq_len == 37 and state.model_id == "tiny-jamba"
+    resumed = jamba.new_cache(1, 64)
+    resumed.restore(state.snapshot)
+    got = jamba(torch.tensor([more]), cache=resumed)[:, -1, :]
+    want = jamba(torch.tensor([history + more]))[:, -1, :]
+    err = (got - want).abs().max()
+    print(f"resume from bytes: max logit err {err:.2e}, state {len(blob)} bytes")
+    assert err <= TOL
+    # Greedy continuation from the stored state == from an uninterrupted cache.
+    assert _greedy(jamba, got, resumed, 6) == _greedy(jamba, want, _prefilled(jamba, history + more), 6)
+
+
+def _prefilled(model: CausalLM, prompt: list[int]):
+    cache = model.new_cache(1, 64)
+    model(torch.tensor([prompt]), cache=cache)
+    return cache
+
+
+def _greedy(model: CausalLM, logits: torch.Tensor, cache, steps: int) -> list[int]:
+    out = []
+    for _ in range(steps):
+        token = int(logits.argmax(-1))
+        out.append(token)
+        logits = model(torch.tensor([[token]]), cache=cache)[:, -1, :]
+    return out
+
+
+@torch.inference_mode()
+def test_a_state_is_refused_by_another_model_or_dtype(jamba, checkpoint_factory, kernel_backend):
+    history = ids(jamba, 9, seed=3)
+    cache = jamba.new_cache(1, 16)
+    jamba(torch.tensor([history]), cache=cache)
+    blob = snapshot_to_bytes(cache.snapshot(), "tiny-jamba", history)
+
+    other = load_hf_dir(checkpoint_factory("dense_3b_like").path)
+    with pytest.raises(StateMismatchError, match="config hash"):
+        snapshot_from_bytes(blob, other)
+    with pytest.raises(StateMismatchError, match="not 'other-name'"):
+        snapshot_from_bytes(blob, jamba, model_id="other-name")
+    half = load_hf_dir(checkpoint_factory("v01_pattern").path, dtype=torch.bfloat16)
+    with pytest.raises(StateMismatchError, match="bfloat16"):
+        snapshot_from_bytes(blob, half)
+    with pytest.raises(StateFormatError):
+        snapshot_from_bytes(b"not a state at all", jamba)
+    with pytest.raises(StateFormatError, match=r"truncated|damaged"):
+        snapshot_from_bytes(blob[: len(blob) // 2], jamba)
+
+
+def test_language_model_resume_equals_generating_from_scratch(tiny_llama):
+    m = load(tiny_llama[0])
+    history = m.encode("the the é the the")
+    more = m.encode(" the é")
+    kw = dict(max_new_tokens=10, stop_token_ids=[])
+    blob = m.save_state(history)
+    resumed = m.resume(blob, more, **kw)
+    scratch = m.generate(history + more, **kw)
+    assert resumed.token_ids == scratch.token_ids
+    assert resumed.usage.cached_tokens == len(history)
+    assert resumed.usage.prompt_tokens == len(history) + len(more)
+    # With no continuation the stored next-token logits give the first token.
+    assert m.resume(blob, **kw).token_ids == m.generate(history, **kw).token_ids
+
+
+@pytest.mark.slow
+def test_smollm2_resumes_a_stored_conversation(smollm2):
+    messages = [{"role": "user", "content": "Tell me about the moon in two sentences."}]
+    history = smollm2.encode_chat(messages)
+    state = smollm2.load_state(smollm2.save_state(history))
+    more = smollm2.tokenizer.encode(" The", add_special_tokens=False)
+    with torch.inference_mode():
+        cache = smollm2.model.new_cache(1, len(history) + 8)
+        cache.restore(state.snapshot)
+        got = smollm2.model(torch.tensor([more]), cache=cache)[:, -1, :]
+        want = smollm2.model(torch.tensor([history + more]), logits_to_keep=1)[:, -1, :]
+    err = (got - want).abs().max()
+    print(f"SmolLM2 resume max logit err {err:.2e}")
+    assert err <= TOL
+    kw = dict(max_new_tokens=8)
+    assert smollm2.resume(state, more, **kw).token_ids == smollm2.generate(history + more, **kw).token_ids
