@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from maestro import tracing
 from maestro.budget import Budget, BudgetTracker
 from maestro.errors import BudgetExceeded, ToolError, ToolRetry
 from maestro.events import ApprovalRequested, Event, ToolCallFinished, ToolCallStarted
@@ -95,6 +96,27 @@ class ChatLoop:
             tools=[t.definition for t in self.tools.values()],
             tool_choice="auto" if self.tools else None,
         )
+        attributes = {
+            tracing.OPERATION: "invoke_agent",
+            tracing.AGENT_NAME: self.ctx.agent_name,
+            tracing.REQUEST_MODEL: self.ctx.model.model_name,
+            tracing.CONVERSATION_ID: self.ctx.run_id,
+        }
+        with tracing.span(f"invoke_agent {self.ctx.agent_name}", attributes):
+            finish, answer = await self._turns(messages, options, max_turns)
+        return ChatResult(
+            answer=answer,
+            messages=messages,
+            usage=self.ctx.tracker.usage,
+            tool_calls=self.ctx.tracker.tool_calls,
+            finish_reason=finish,
+            new_messages=messages[start:],
+        )
+
+    async def _turns(
+        self, messages: list[Message], options: ModelRequestOptions, max_turns: int
+    ) -> tuple[str, str]:
+        """Model turns until a plain answer; returns (finish reason, answer)."""
         finish, answer = "max_turns", ""
         try:
             for turn in range(max_turns):
@@ -112,14 +134,7 @@ class ChatLoop:
                 (m.content or "" for m in reversed(messages) if isinstance(m, AssistantMessage)),
                 "",
             )
-        return ChatResult(
-            answer=answer,
-            messages=messages,
-            usage=self.ctx.tracker.usage,
-            tool_calls=self.ctx.tracker.tool_calls,
-            finish_reason=finish,
-            new_messages=messages[start:],
-        )
+        return finish, answer
 
     async def _run_calls(self, turn: int, calls: list[ToolCall]) -> list[ToolResultMessage]:
         results: list[ToolResultMessage | None] = [None] * len(calls)
@@ -170,12 +185,15 @@ class ChatLoop:
             attempt=self.retries[tool.name],
             approved=approved,
         )
+        attributes = {
+            tracing.OPERATION: "execute_tool",
+            tracing.TOOL_NAME: tool.name,
+            tracing.TOOL_CALL_ID: call.id,
+        }
         try:
-            text, is_error, retry = (
-                result_to_text(await tool.call(call.arguments, tool_ctx)),
-                False,
-                False,
-            )
+            with tracing.span(f"execute_tool {tool.name}", attributes):
+                value = await tool.call(call.arguments, tool_ctx)
+            text, is_error, retry = result_to_text(value), False, False
         except ToolRetry as exc:
             self.retries[tool.name] += 1
             retry = self.retries[tool.name] <= tool.max_retries
