@@ -449,6 +449,7 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
         lambda *a, **k: t["conv"](*a, **k, block_l=16), lambda *a, **k: t["scan"](*a, **k, block_l=16),
         16, 8, 40, 8)
     c["bench_script_runs"] = lambda t: check_bench_script_runs()
+    c["gpu_tests_smoke"] = lambda t: check_gpu_tests_on_cpu()
     c["backend_custom_ops_pass_opcheck"] = lambda t: check_custom_ops_opcheck()
     for name in ("fp32", "bf16"):
         c[f"backend_ops_mamba_decode_step_{name}"] = lambda t, d=DTYPES[name]: (
@@ -597,7 +598,10 @@ def test_kernels_compile_for_sm90_without_spills() -> None:
 # ---------------------------------------------------------------------------------------------
 # Real sizes on a real GPU (skipped without CUDA by tests/conftest.py).
 
-GPU_ED, GPU_N, GPU_L = 2048, 16, 2048
+# The sizes live in one dict so that the interpreter run can smoke-test these functions on tiny
+# sizes on the CPU (case "gpu_tests_smoke"): a later GPU session should not die on a typo.
+GPU = dict(device="cuda", ed=2048, n=16, length=2048, steps=64, rank=128,
+           big_ed=8192, big_rank=256, long=2**19, tail=64)
 
 
 @pytest.mark.gpu
@@ -605,9 +609,10 @@ GPU_ED, GPU_N, GPU_L = 2048, 16, 2048
 def test_gpu_selective_scan_real_size(dtype: str) -> None:
     from model.kernels.triton_scan import selective_scan
 
-    result = check_scan(selective_scan, 2, GPU_ED, GPU_N, GPU_L, DTYPES[dtype], "cuda",
-                        strided=True)
-    _assert_within(f"gpu_scan_{dtype}", result)
+    for strided in (False, True):
+        _assert_within(f"gpu_scan_{dtype}_{'model_layout' if strided else 'contiguous'}",
+                       check_scan(selective_scan, 2, GPU["ed"], GPU["n"], GPU["length"],
+                                  DTYPES[dtype], GPU["device"], strided=strided))
 
 
 @pytest.mark.gpu
@@ -616,9 +621,11 @@ def test_gpu_scan_chunked_and_decode_steps() -> None:
     from model.kernels.triton_state_update import selective_state_update
 
     _assert_within("gpu_scan_chunked", check_scan_chunked(
-        selective_scan, 2, GPU_ED, GPU_N, GPU_L, 1000, torch.float32, "cuda"))
+        selective_scan, 2, GPU["ed"], GPU["n"], GPU["length"], GPU["length"] // 2 - 24,
+        torch.float32, GPU["device"]))
     _assert_within("gpu_scan_vs_steps", check_scan_equals_steps(
-        selective_scan, selective_state_update, 2, GPU_ED, GPU_N, 64, "cuda"))
+        selective_scan, selective_state_update, 2, GPU["ed"], GPU["n"], GPU["steps"],
+        GPU["device"]))
 
 
 @pytest.mark.gpu
@@ -628,7 +635,8 @@ def test_gpu_selective_state_update_real_size(dtype: str) -> None:
 
     for batch in (1, 8):
         _assert_within(f"gpu_step_{dtype}_b{batch}", check_state_update(
-            selective_state_update, batch, GPU_ED, GPU_N, DTYPES[dtype], "cuda", cache_view=True))
+            selective_state_update, batch, GPU["ed"], GPU["n"], DTYPES[dtype], GPU["device"],
+            cache_view=True))
 
 
 @pytest.mark.gpu
@@ -636,13 +644,16 @@ def test_gpu_selective_state_update_real_size(dtype: str) -> None:
 def test_gpu_causal_conv1d_real_size(dtype: str) -> None:
     from model.kernels.triton_conv import causal_conv1d, causal_conv1d_update
 
-    _assert_within(f"gpu_conv_{dtype}", check_conv(
-        causal_conv1d, 2, GPU_ED, GPU_L, 4, DTYPES[dtype], "cuda", strided=True))
+    for layout in ("contiguous", "strided", "model_layout"):
+        _assert_within(f"gpu_conv_{dtype}_{layout}", check_conv(
+            causal_conv1d, 2, GPU["ed"], GPU["length"], 4, DTYPES[dtype], GPU["device"],
+            strided=layout == "strided", model_layout=layout == "model_layout"))
     _assert_within(f"gpu_conv_update_{dtype}", check_conv_update(
-        causal_conv1d_update, 8, GPU_ED, 4, 3, DTYPES[dtype], "cuda"))
+        causal_conv1d_update, 8, GPU["ed"], 4, 3, DTYPES[dtype], GPU["device"]))
     if dtype == "fp32":
         _assert_within("gpu_conv_chunked", check_conv_chunked(
-            causal_conv1d, causal_conv1d_update, 2, GPU_ED, GPU_L, 777, 4, "cuda"))
+            causal_conv1d, causal_conv1d_update, 2, GPU["ed"], GPU["length"],
+            GPU["length"] // 3 + 5, 4, GPU["device"]))
 
 
 @pytest.mark.gpu
@@ -651,22 +662,43 @@ def test_gpu_mamba_decode_step_real_size(dtype: str) -> None:
     from model.kernels.triton_backend import mamba_decode_step, mamba_decode_step_composed
 
     for fn in (mamba_decode_step, mamba_decode_step_composed):
-        for batch in (1, 8):  # Jamba-v0.1 mixer: ED 8192, N 16, R 256; here ED 2048, R 128
+        for batch in (1, 8):  # Jamba-v0.1's mixer is ED 8192, N 16, R 256 (the "bare" case)
             _assert_within(f"gpu_decode_{fn.__name__}_{dtype}_b{batch}", check_mamba_decode_step(
-                fn, batch, GPU_ED, GPU_N, 128, DTYPES[dtype], device="cuda"))
+                fn, batch, GPU["ed"], GPU["n"], GPU["rank"], DTYPES[dtype],
+                device=GPU["device"]))
         _assert_within(f"gpu_decode_{fn.__name__}_{dtype}_bare", check_mamba_decode_step(
-            fn, 2, 8192, GPU_N, 256, DTYPES[dtype], device="cuda", bare=True))
+            fn, 2, GPU["big_ed"], GPU["n"], GPU["big_rank"], DTYPES[dtype],
+            device=GPU["device"], bare=True))
 
 
 @pytest.mark.gpu
 def test_gpu_offsets_beyond_int32() -> None:
     """L * 2ED = 2**31 elements in the transposed in_proj output: offsets past int32 must not
-    wrap (about 8 GB of GPU memory)."""
+    wrap (about 16 GB of GPU memory at the peak)."""
     from model.kernels.triton_conv import causal_conv1d
     from model.kernels.triton_scan import selective_scan
 
-    result = check_transposed_tail(causal_conv1d, selective_scan, GPU_ED, GPU_N, 2**19, 64, "cuda")
+    result = check_transposed_tail(causal_conv1d, selective_scan, GPU["ed"], GPU["n"],
+                                   GPU["long"], GPU["tail"], GPU["device"])
     _assert_within("gpu_int64_offsets", result)
+
+
+def check_gpu_tests_on_cpu() -> dict[str, Any]:
+    """Run the bodies of the gpu tests above at toy sizes on the CPU (interpreter)."""
+    saved = dict(GPU)
+    GPU.update(device="cpu", ed=8, n=4, length=20, steps=3, rank=3, big_ed=8, big_rank=3,
+               long=24, tail=8)
+    try:
+        test_gpu_selective_scan_real_size("bf16")
+        test_gpu_selective_state_update_real_size("bf16")
+        test_gpu_causal_conv1d_real_size("fp32")
+        test_gpu_mamba_decode_step_real_size("bf16")
+        test_gpu_scan_chunked_and_decode_steps()
+        test_gpu_offsets_beyond_int32()
+    finally:
+        GPU.clear()
+        GPU.update(saved)
+    return {}
 
 
 @pytest.mark.gpu
