@@ -37,7 +37,15 @@ import pydantic
 from maestro import tracing
 from maestro.budget import Budget, BudgetTracker
 from maestro.errors import BudgetExceeded, ModelError, UnexpectedModelBehavior, UserError
-from maestro.events import BudgetUpdate, Event, PlanMade, RunFinished, RunStarted, TextDelta
+from maestro.events import (
+    BudgetUpdate,
+    Event,
+    PlanMade,
+    RunFinished,
+    RunStarted,
+    StepStarted,
+    TextDelta,
+)
 from maestro.llm.base import Model
 from maestro.loop.chat import ChatLoop, ChatResult, EventCallback
 from maestro.loop.context import RunContext, TraceStep
@@ -56,7 +64,7 @@ class Agent:
 
     def __init__(
         self,
-        model: Model,
+        model: Model | str,
         *,
         tools: Sequence[Tool | Callable[..., Any]] = (),
         instructions: str = "",
@@ -67,6 +75,10 @@ class Agent:
         output_type: Any = None,
         name: str = "agent",
     ) -> None:
+        if isinstance(model, str):  # a spec: registry name, path, URL (see maestro.llm.spec)
+            from maestro.llm.spec import resolve_model
+
+            model = resolve_model(model)
         if not isinstance(model, Model):
             raise UserError(f"Agent(model=...) needs a maestro Model, got {type(model).__name__}")
         self.model = model
@@ -246,7 +258,12 @@ class Agent:
         async def emit(event: Event) -> None:
             # Token deltas and budget ticks are for live consumers; the stored event log keeps
             # what a reader needs to reconstruct the run.
-            if not isinstance(event, TextDelta | BudgetUpdate):
+            # A model step's start is live-only too: storing it would suspend between
+            # admitting a model call and making it (see RunContext._call_model_reserved).
+            live_only = isinstance(event, TextDelta | BudgetUpdate) or (
+                isinstance(event, StepStarted) and event.kind != "tool"
+            )
+            if not live_only:
                 await store.append_event(run_id, event.to_dict())
             await sink(event)
 
