@@ -15,9 +15,11 @@ Metrics: prefill tokens/s at each prompt length, decode tokens/s after a context
 peak RSS of the process, and cache bytes per token of context (total cache bytes after N tokens
 divided by N; the Mamba state is fixed-size, so a hybrid model's number falls with N).
 
-Each (model, implementation) runs in its own subprocess, so peak RSS belongs to one engine and
-one engine's allocator state does not slow the other. ``ratio`` is ours/baseline for speeds and
-baseline/ours for memory: > 1 always means we are better.
+Speed is measured with ours and transformers loaded in one process and run alternately on the
+same inputs (median of ``reps``), so a change in machine load hits both; peak RSS is measured
+in a separate subprocess per engine (load plus one prefill and a few decode steps), so it
+belongs to one engine only. ``ratio`` is ours/baseline for speeds and baseline/ours for memory:
+> 1 always means we are better.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from typing import Any
 
 from maestro.bench import machine_info
 
-FULL = {"prefill": [512, 2048, 8192], "decode_after": [512, 8192], "steps": 16}
-QUICK = {"prefill": [32, 64], "decode_after": [32], "steps": 4}
+FULL = {"prefill": [512, 2048, 8192], "decode_after": [512, 8192], "steps": 16, "reps": 3}
+QUICK = {"prefill": [32, 64], "decode_after": [32], "steps": 4, "reps": 1}
 _SEED = 1234
 
 
@@ -113,67 +115,100 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def _run_ours(model: Any, vocab: int, plan: dict[str, Any]) -> dict[str, Any]:
+class _Ours:
+    """Our engine: prefill in chunks exactly as ``model.generate`` does, decode one token a step."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def _prefill(self, ids: Any, cache: Any) -> None:
+        from model.generate import PREFILL_CHUNK
+
+        for start in range(0, ids.shape[1], PREFILL_CHUNK):
+            self.model(ids[:, start : start + PREFILL_CHUNK], cache=cache)
+
+    def prefill(self, ids: Any) -> float:
+        cache = self.model.new_cache(1, ids.shape[1])
+        return _timed(lambda: self._prefill(ids, cache))
+
+    def decode(self, ids: Any, steps: int) -> tuple[float, int]:
+        import torch
+
+        cache = self.model.new_cache(1, ids.shape[1] + steps + 1)
+        self._prefill(ids, cache)
+        nbytes = cache.snapshot().nbytes()
+        token = torch.tensor([[5]])
+
+        def run() -> None:
+            for _ in range(steps):
+                self.model(token, cache=cache)
+
+        return _timed(run), nbytes
+
+
+class _Transformers:
+    """transformers' model: one forward for the prompt (last logits only), then cached steps."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def prefill(self, ids: Any) -> float:
+        return _timed(lambda: self.model(ids, use_cache=True, logits_to_keep=1))
+
+    def decode(self, ids: Any, steps: int) -> tuple[float, int]:
+        import torch
+
+        past = self.model(ids, use_cache=True, logits_to_keep=1).past_key_values
+        nbytes = _cache_nbytes(past)
+        token = torch.tensor([[5]])
+
+        def run() -> None:
+            p = past
+            for _ in range(steps):
+                p = self.model(token, past_key_values=p, use_cache=True, logits_to_keep=1).past_key_values
+
+        return _timed(run), nbytes
+
+
+def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """Measure every engine on the same inputs, alternating engines within each repetition.
+
+    Alternating (and taking the median of ``reps``) keeps a change in machine load from landing
+    on one engine only: both see the same conditions, so the ratio stays meaningful on a
+    shared machine.
+    """
+    import statistics
+
     import torch
 
-    from model.generate import PREFILL_CHUNK
-
+    reps, steps = plan.get("reps", 1), plan["steps"]
     gen = torch.Generator().manual_seed(0)
-    out: dict[str, Any] = {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}}
-    steps = plan["steps"]
-
-    def prefill(ids: torch.Tensor, cache: Any) -> None:
-        for start in range(0, ids.shape[1], PREFILL_CHUNK):  # as model.generate prefills
-            model(ids[:, start : start + PREFILL_CHUNK], cache=cache)
-
-    with torch.inference_mode():
-        warm = plan["prefill"][0]  # warm-up at the first measured length (allocator, threads)
-        for _ in range(2):
-            prefill(torch.randint(0, vocab, (1, warm), generator=gen), model.new_cache(1, warm))
-        for length in plan["prefill"]:
-            ids = torch.randint(0, vocab, (1, length), generator=gen)
-            cache = model.new_cache(1, length)
-            out["prefill"][length] = length / _timed(lambda i=ids, c=cache: prefill(i, c))
-        for length in plan["decode_after"]:
-            ids = torch.randint(0, vocab, (1, length), generator=gen)
-            cache = model.new_cache(1, length + steps + 1)
-            prefill(ids, cache)
-            out["cache_bytes_per_token"][length] = cache.snapshot().nbytes() / length
-            token = torch.tensor([[5]])
-
-            def decode(c: Any = cache, t: torch.Tensor = token) -> None:
-                for _ in range(steps):
-                    model(t, cache=c)
-
-            out["decode"][length] = steps / _timed(decode)
-    return out
-
-
-def _run_hf(model: Any, vocab: int, plan: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    out: dict[str, Any] = {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}}
-    steps = plan["steps"]
+    out: dict[str, Any] = {
+        name: {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}} for name in engines
+    }
     with torch.inference_mode():
         warm = torch.randint(0, vocab, (1, plan["prefill"][0]), generator=gen)
-        model(warm, use_cache=True, logits_to_keep=1)  # warm-up at the first measured length
+        for engine in engines.values():  # allocator, thread pools, kernels compiled on first use
+            engine.prefill(warm)
+            engine.decode(warm[:, :8], 2)
         for length in plan["prefill"]:
             ids = torch.randint(0, vocab, (1, length), generator=gen)
-            seconds = _timed(lambda i=ids: model(i, use_cache=True, logits_to_keep=1))
-            out["prefill"][length] = length / seconds
+            times: dict[str, list[float]] = {name: [] for name in engines}
+            for _ in range(reps):
+                for name, engine in engines.items():
+                    times[name].append(engine.prefill(ids))
+            for name in engines:
+                out[name]["prefill"][length] = length / statistics.median(times[name])
         for length in plan["decode_after"]:
             ids = torch.randint(0, vocab, (1, length), generator=gen)
-            result = model(ids, use_cache=True, logits_to_keep=1)
-            past = result.past_key_values
-            out["cache_bytes_per_token"][length] = _cache_nbytes(past) / length
-            token = torch.tensor([[5]])
-
-            def decode(p: Any = past, t: torch.Tensor = token) -> None:
-                for _ in range(steps):
-                    p = model(t, past_key_values=p, use_cache=True, logits_to_keep=1).past_key_values
-
-            out["decode"][length] = steps / _timed(decode)
+            times = {name: [] for name in engines}
+            for _ in range(reps):
+                for name, engine in engines.items():
+                    seconds, nbytes = engine.decode(ids, steps)
+                    times[name].append(seconds)
+                    out[name]["cache_bytes_per_token"][length] = nbytes / length
+            for name in engines:
+                out[name]["decode"][length] = steps / statistics.median(times[name])
     return out
 
 
@@ -201,57 +236,66 @@ def _run_llama_cpp(path: Path, plan: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _load(which: str, impl: str, spec: dict[str, Any], shared: Any = None) -> tuple[Any, int]:
+    """(model, vocab size) of one benchmark model in one engine.
+
+    For the Jamba model ``shared`` is transformers' module: ours is built from its state dict,
+    so both engines run the very same (seeded, random) weights.
+    """
+    import torch
+
+    if which.startswith("jamba"):
+        hf_model, hf_cfg = shared if shared is not None else _hf_jamba(spec["quick"])
+        if impl == "transformers":
+            return hf_model, hf_cfg["vocab_size"]
+        from model.config import ModelConfig
+        from model.hf import build_model
+
+        config = ModelConfig.from_hf_config(hf_cfg)
+        return build_model(config, dict(hf_model.state_dict()), torch.float32, "cpu"), hf_cfg["vocab_size"]
+    path = Path(spec["gguf"])
+    if impl == "ours":
+        from model.gguf import load_gguf
+
+        return load_gguf(path, torch.float32)[0], 49152
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    model.eval()
+    return model, 49152
+
+
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs in a subprocess: load one model in one engine and measure it."""
+    """Runs in a subprocess. ``mode == "speed"``: ours and transformers in one process,
+    measured alternately. ``mode == "memory"``: one engine alone, for its peak RSS."""
     import torch
 
     threads = int(os.environ.get("MAESTRO_BENCH_THREADS", "0"))
     if threads:
         torch.set_num_threads(threads)
-    plan, which, impl = spec["plan"], spec["model"], spec["impl"]
-    base_rss = _peak_rss()
+    plan, which = spec["plan"], spec["model"]
+    if spec["impl"] == "llama.cpp":
+        start = time.perf_counter()
+        result = _run_llama_cpp(Path(spec["gguf"]), plan)
+        return {**result, "load_s": time.perf_counter() - start, "peak_rss": _peak_rss()}
+    if spec["mode"] == "speed":
+        shared = _hf_jamba(spec["quick"]) if which.startswith("jamba") else None
+        ours, vocab = _load(which, "ours", spec, shared)
+        theirs, _ = _load(which, "transformers", spec, shared)
+        return _interleaved({"ours": _Ours(ours), "transformers": _Transformers(theirs)}, vocab, plan)
+    before = _peak_rss()
     start = time.perf_counter()
-    if which.startswith("jamba"):
-        hf_model, hf_cfg = _hf_jamba(spec["quick"])
-        if impl == "ours":
-            from model.config import ModelConfig
-            from model.hf import build_model
-
-            config = ModelConfig.from_hf_config(hf_cfg)
-            state = dict(hf_model.state_dict())
-            del hf_model
-            model: Any = build_model(config, state, torch.float32, "cpu")
-            del state
-        else:
-            model = hf_model
-        vocab = hf_cfg["vocab_size"]
-    else:
-        path = Path(spec["gguf"])
-        if impl == "llama.cpp":
-            load_s = time.perf_counter() - start
-            result = _run_llama_cpp(path, plan)
-            result["load_s"] = load_s
-            result["peak_rss"] = _peak_rss()
-            return result
-        if impl == "ours":
-            from model.gguf import load_gguf
-
-            model, _ = load_gguf(path, torch.float32)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32
-            )
-            model.eval()
-        vocab = 49152
+    model, vocab = _load(which, spec["impl"], spec)
     load_s = time.perf_counter() - start
-    result = _run_ours(model, vocab, plan) if impl == "ours" else _run_hf(model, vocab, plan)
-    result["load_s"] = load_s
-    result["params"] = sum(p.numel() for p in model.parameters())
-    result["peak_rss"] = _peak_rss()
-    result["baseline_rss"] = base_rss
-    return result
+    engine = _Ours(model) if spec["impl"] == "ours" else _Transformers(model)
+    with torch.inference_mode():  # one real workload, so activations and caches count too
+        engine.decode(torch.randint(0, vocab, (1, plan["prefill"][0])), plan["steps"])
+    return {
+        "load_s": load_s, "peak_rss": _peak_rss(), "rss_before_load": before,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
@@ -340,17 +384,30 @@ def main(
         has_llama_cpp = False
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
+
+    def spawn(spec: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = _spawn({**spec, "plan": plan, "quick": quick, "gguf": str(gguf_path)})
+        # progress on stderr, so a long run shows life and --json stdout stays one object
+        label = f"{spec['model']}/{spec['impl']} ({spec['mode']})"
+        print(f"bench engine: {label} done in {time.perf_counter() - started:.0f} s",
+              file=sys.stderr, flush=True)
+        if "error" in result:
+            errors.append(f"{label}: {result['error']}")
+        return result
+
     for model_name in models:
-        for impl in impls + (["llama.cpp"] if model_name == "smollm2-135m" and has_llama_cpp else []):
-            spec = {"model": model_name, "impl": impl, "plan": plan, "quick": quick, "gguf": str(gguf_path)}
-            started = time.perf_counter()
-            result = _spawn(spec)
-            # progress on stderr, so a long run shows life and --json stdout stays one object
-            print(f"bench engine: {model_name}/{impl} done in {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr, flush=True)
-            results[f"{model_name}/{impl}"] = result
-            if "error" in result:
-                errors.append(f"{model_name}/{impl}: {result['error']}")
+        speed = spawn({"model": model_name, "impl": "ours+transformers", "mode": "speed"})
+        for impl in impls:
+            memory = spawn({"model": model_name, "impl": impl, "mode": "memory"})
+            if "error" in speed or "error" in memory:
+                results[f"{model_name}/{impl}"] = {"error": speed.get("error") or memory.get("error")}
+            else:
+                results[f"{model_name}/{impl}"] = {**speed[impl], **memory}
+        if model_name == "smollm2-135m" and has_llama_cpp:
+            results[f"{model_name}/llama.cpp"] = spawn(
+                {"model": model_name, "impl": "llama.cpp", "mode": "memory"}
+            )
     if not has_llama_cpp and not quick:
         errors.append("llama.cpp: llama_cpp (llama-cpp-python) is not installed")
     comparisons: list[dict[str, Any]] = []
