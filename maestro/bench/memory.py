@@ -32,7 +32,105 @@ import numpy as np
 
 from maestro.memory.database import Database
 
-WORDS = ["alpha", "amber", "anchor", "apple", "archive", "atlas", "autumn", "balance", "banner", "basket", "beacon", "berry", "blossom", "bridge", "canyon", "carbon", "castle", "cedar", "chapter", "circuit", "cobalt", "comet", "copper", "coral", "crystal", "delta", "desert", "diesel", "dragon", "ember", "engine", "falcon", "feather", "ferry", "forest", "fossil", "galaxy", "garden", "glacier", "granite", "harbor", "hazel", "helmet", "horizon", "island", "ivory", "jasmine", "jungle", "kernel", "ladder", "lantern", "lemon", "lotus", "magnet", "maple", "marble", "meadow", "meteor", "mirror", "mosaic", "needle", "nickel", "oasis", "ocean", "olive", "orbit", "paper", "pepper", "pillar", "planet", "prism", "quartz", "radar", "raven", "ribbon", "river", "rocket", "saddle", "salmon", "signal", "silver", "spiral", "spruce", "summit", "tango", "temple", "thunder", "timber", "topaz", "tunnel", "velvet", "violin", "walnut", "willow", "winter", "yacht", "zephyr"]
+WORDS = [
+    "alpha",
+    "amber",
+    "anchor",
+    "apple",
+    "archive",
+    "atlas",
+    "autumn",
+    "balance",
+    "banner",
+    "basket",
+    "beacon",
+    "berry",
+    "blossom",
+    "bridge",
+    "canyon",
+    "carbon",
+    "castle",
+    "cedar",
+    "chapter",
+    "circuit",
+    "cobalt",
+    "comet",
+    "copper",
+    "coral",
+    "crystal",
+    "delta",
+    "desert",
+    "diesel",
+    "dragon",
+    "ember",
+    "engine",
+    "falcon",
+    "feather",
+    "ferry",
+    "forest",
+    "fossil",
+    "galaxy",
+    "garden",
+    "glacier",
+    "granite",
+    "harbor",
+    "hazel",
+    "helmet",
+    "horizon",
+    "island",
+    "ivory",
+    "jasmine",
+    "jungle",
+    "kernel",
+    "ladder",
+    "lantern",
+    "lemon",
+    "lotus",
+    "magnet",
+    "maple",
+    "marble",
+    "meadow",
+    "meteor",
+    "mirror",
+    "mosaic",
+    "needle",
+    "nickel",
+    "oasis",
+    "ocean",
+    "olive",
+    "orbit",
+    "paper",
+    "pepper",
+    "pillar",
+    "planet",
+    "prism",
+    "quartz",
+    "radar",
+    "raven",
+    "ribbon",
+    "river",
+    "rocket",
+    "saddle",
+    "salmon",
+    "signal",
+    "silver",
+    "spiral",
+    "spruce",
+    "summit",
+    "tango",
+    "temple",
+    "thunder",
+    "timber",
+    "topaz",
+    "tunnel",
+    "velvet",
+    "violin",
+    "walnut",
+    "willow",
+    "winter",
+    "yacht",
+    "zephyr",
+]
 DIM = 64
 
 
@@ -80,6 +178,24 @@ async def _raw_rate(db: Database, messages: int) -> float:
         elapsed = time.perf_counter() - start
         conn.close()
         return messages / elapsed
+    return await _raw_async_rate(db, messages, thread.id, sql)
+
+
+async def _raw_async_rate(db: Database, messages: int, thread_id: str, sql: str) -> float:
+    """One row per transaction through the bare *async* driver (aiosqlite / asyncpg)."""
+    if db.dialect == "sqlite":
+        import aiosqlite
+
+        async with aiosqlite.connect(str(db.url.database), isolation_level=None) as conn:
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            start = time.perf_counter()
+            for i in range(messages):
+                await conn.execute("BEGIN IMMEDIATE")
+                await conn.execute(
+                    sql + "(?, 'user', ?, '{}', datetime('now'))", (thread_id, f"raw {i}")
+                )
+                await conn.execute("COMMIT")
+            return messages / (time.perf_counter() - start)
     import asyncpg
 
     u = db.url
@@ -91,7 +207,7 @@ async def _raw_rate(db: Database, messages: int) -> float:
         start = time.perf_counter()
         for i in range(messages):
             async with pg.transaction():
-                await pg.execute(sql + "($1, 'user', $2, '{}', now())", thread.id, f"raw {i}")
+                await pg.execute(sql + "($1, 'user', $2, '{}', now())", thread_id, f"raw {i}")
         return messages / (time.perf_counter() - start)
     finally:
         await pg.close()
@@ -138,6 +254,13 @@ async def _bench_one(url: str, quick: bool) -> dict[str, Any]:
         messages = 400 if quick else 4000
         ours = await _write_rate(db, messages, 1)
         raw = await _raw_rate(db, messages)
+        raw_async = raw
+        if db.dialect == "sqlite":
+            thread = await db.threads.create_thread(title="raw async")
+            raw_async = await _raw_async_rate(
+                db, messages, thread.id,
+                "INSERT INTO messages (thread_id, role, content, data, created_at) VALUES ",
+            )  # fmt: skip
         concurrent = await _write_rate(db, messages, writers)
         recall = await _recall(db, 2_000 if quick else 100_000, 50 if quick else 200)
         return {
@@ -145,6 +268,8 @@ async def _bench_one(url: str, quick: bool) -> dict[str, Any]:
             "messages_per_s": round(ours, 1),
             "raw_driver_messages_per_s": round(raw, 1),
             "ratio_vs_raw": round(ours / raw, 3),
+            "raw_async_driver_messages_per_s": round(raw_async, 1),
+            "ratio_vs_raw_async": round(ours / raw_async, 3),
             f"messages_per_s_{writers}_writers": round(concurrent, 1),
             "recall": recall,
         }
@@ -201,7 +326,9 @@ def _print(report: dict[str, Any]) -> None:
         conc = next(k for k in r if k.startswith("messages_per_s_"))
         rc = r["recall"]
         print(f"{name}: {r['messages_per_s']:.0f} msg/s (raw driver {r['raw_driver_messages_per_s']:.0f}, "
-              f"ratio {r['ratio_vs_raw']:.2f}); {conc.rsplit('_', 2)[1]} writers {r[conc]:.0f} msg/s")  # fmt: skip
+              f"ratio {r['ratio_vs_raw']:.3f}; raw async driver "
+              f"{r['raw_async_driver_messages_per_s']:.0f}, ratio {r['ratio_vs_raw_async']:.3f}); "
+              f"{conc.rsplit('_', 2)[1]} writers {r[conc]:.0f} msg/s")  # fmt: skip
         print(f"  recall over {rc['items']} items / {rc['users']} users: full-text p50 "
               f"{rc['fulltext']['p50_ms']} ms p95 {rc['fulltext']['p95_ms']} ms; hybrid p50 "
               f"{rc['hybrid']['p50_ms']} ms p95 {rc['hybrid']['p95_ms']} ms")  # fmt: skip
