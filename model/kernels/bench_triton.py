@@ -209,13 +209,52 @@ def _launches(dtype: torch.dtype) -> Iterator[tuple[str, Any, tuple, dict]]:
     yield ("mamba_decode_step [2/2]", *second[0])
 
 
+def _bare_launches(dtype: torch.dtype) -> Iterator[tuple[str, Any, tuple, dict]]:
+    """The same kernels with every optional input absent (the constexpr-off branches)."""
+    from model.kernels import triton_conv, triton_decode, triton_scan, triton_state_update
+
+    meta = torch.device("meta")
+    scan = scan_inputs(1, LENGTH, dtype, meta)
+    scan.update(D=None, z=None, delta_bias=None, delta_softplus=False)
+    with _captured_launches(triton_scan, "_selective_scan_kernel") as calls:
+        triton_scan.selective_scan(**scan)
+    yield ("selective_scan (bare)", *calls[0])
+    step = step_inputs(8, dtype, meta)
+    step.update(D=None, z=None, dt_bias=None, dt_softplus=False)
+    with _captured_launches(triton_state_update, "_selective_state_update_kernel") as calls:
+        triton_state_update.selective_state_update(**step)
+    yield ("selective_state_update (bare)", *calls[0])
+    conv = conv_inputs(1, LENGTH, dtype, meta)
+    with _captured_launches(triton_conv, "_causal_conv1d_kernel") as calls:
+        triton_conv.causal_conv1d(conv["x"], conv["weight"], None, None, None)
+    yield ("causal_conv1d (bare)", *calls[0])
+    x = torch.empty(8, ED, dtype=dtype, device=meta)
+    state = torch.empty(8, ED, WIDTH, dtype=dtype, device=meta)  # Hugging Face's K-long state
+    with _captured_launches(triton_conv, "_causal_conv1d_update_kernel") as calls:
+        triton_conv.causal_conv1d_update(x, state, conv["weight"], None, None)
+    yield ("causal_conv1d_update (bare)", *calls[0])
+    decode = decode_inputs(8, dtype, meta)
+    decode.update(z=None, conv_bias=None, dt_proj_bias=None, D=None, dt_norm_weight=None,
+                  b_norm_weight=None, c_norm_weight=None)
+    with _captured_launches(triton_decode, "_conv_xproj_kernel") as first, \
+            _captured_launches(triton_decode, "_norm_dtproj_scan_kernel") as second:
+        triton_decode.mamba_decode_step(**decode)
+    yield ("mamba_decode_step [1/2] (bare)", *first[0])
+    yield ("mamba_decode_step [2/2] (bare)", *second[0])
+
+
 def compile_report(capabilities: tuple[int, ...] = (80, 90),
-                   dtypes: tuple[str, ...] = ("fp32", "bf16")) -> list[dict[str, Any]]:
-    """Compile every kernel for each capability and dtype; one row per compile."""
+                   dtypes: tuple[str, ...] = ("fp32", "bf16"),
+                   bare: bool = True) -> list[dict[str, Any]]:
+    """Compile every kernel for each capability and dtype; one row per compile. ``bare`` adds
+    the variants with every optional input absent."""
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's current default
     rows = []
     for dtype in dtypes:
-        for op, kernel, args, kwargs in _launches(DTYPES[dtype]):
+        launches = list(_launches(DTYPES[dtype]))
+        if bare:
+            launches += list(_bare_launches(DTYPES[dtype]))
+        for op, kernel, args, kwargs in launches:
             for capability in capabilities:
                 row = {"op": op, "dtype": dtype, "sm": capability}
                 try:
