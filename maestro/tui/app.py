@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,8 +30,8 @@ from maestro.errors import MaestroError
 from maestro.events import TextDelta
 from maestro.llm.base import Model
 from maestro.messages import AssistantMessage, Message, UserMessage
-from maestro.testing import estimate_tokens
 from maestro.tui.commands import MaestroCommands
+from maestro.tui.generation import GenerationMeter, enable_prefix_cache
 from maestro.tui.run_state import Region, RunView
 from maestro.tui.screens.approval import ApprovalScreen
 from maestro.tui.screens.documents import DocumentsScreen
@@ -58,7 +57,6 @@ from maestro.tui.widgets.run.tool_calls import ToolCalls
 from maestro.tui.widgets.sidebar.thread_list import ThreadList
 
 BUDGET_PRESETS = ("low", "medium", "high")
-STATUS_REFRESH_S = 0.25
 
 
 class MaestroApp(App[None]):
@@ -66,8 +64,6 @@ class MaestroApp(App[None]):
 
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "Maestro"
-    #: Measures generation speed; a class attribute so snapshot tests can freeze it.
-    clock: ClassVar[Callable[[], float]] = time.monotonic
     COMMANDS: ClassVar[set[Any]] = App.COMMANDS | {MaestroCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel_run", "Cancel run"),  # ctrl+x is "cut" in the input
@@ -95,10 +91,7 @@ class MaestroApp(App[None]):
         self._always: set[str] = set()
         self._approval_screens: list[ApprovalScreen] = []
         self._run_worker: Worker[None] | None = None
-        self._tokens = 0
-        self._first_token: float | None = None
-        self._last_status = 0.0
-        self._context_base = 0
+        self.meter = GenerationMeter(self.stats)
         self._engine: Any = None  # the embedded engine behind a LocalModel, once loaded
 
     def get_default_screen(self) -> Screen[Any]:
@@ -153,7 +146,7 @@ class MaestroApp(App[None]):
                 self._model_failed(str(exc) if isinstance(exc, MaestroError) else repr(exc))
                 return
         self.model, self.model_error, self._engine = model, None, engine
-        _enable_prefix_cache(engine)
+        enable_prefix_cache(engine)
         self.stats.state = "ready"
         length = getattr(engine, "context_length", None) or getattr(model, "context_length", None)
         self.stats.context_length = length if isinstance(length, int) else None
@@ -310,7 +303,8 @@ class MaestroApp(App[None]):
             run_store=self.store.run_store(),
         )
         self._always.clear()
-        self._begin_generation(history, task)
+        self.meter.begin(history, task)
+        self._show_stats()
         try:
             async with contextlib.aclosing(self.services.launcher(self.model, request)) as events:
                 async for event in events:
@@ -318,7 +312,8 @@ class MaestroApp(App[None]):
                         if event.key != self.run_view.answer_key and self.run_view.answer:
                             await bubble.reset()  # a new draft replaces the previous one
                         bubble.add_text(event.text)
-                        self._count_token(event.text)
+                        if self.meter.token(self.run_view.answer + event.text):
+                            self._show_stats()
                     await self._render(self.run_view.apply(event))
         except asyncio.CancelledError:
             self._withdraw_approvals()
@@ -395,50 +390,9 @@ class MaestroApp(App[None]):
 
     # --- model status -----------------------------------------------------------------------
 
-    def _begin_generation(self, history: list[Message], task: str) -> None:
-        self._tokens = 0
-        self._first_token = None
-        self._last_status = 0.0
-        self._context_base = sum(estimate_tokens(_text(m)) for m in history) + estimate_tokens(task)
-        self.stats.state = "generating"
-        self.stats.context_used = self._context_base
-        self._show_stats()
-
-    def _count_token(self, text: str) -> None:
-        now = type(self).clock()
-        self._tokens += 1
-        if self._first_token is None:
-            self._first_token = now
-        elif now - self._first_token > 0:
-            self.stats.tokens_per_s = (self._tokens - 1) / (now - self._first_token)
-        if now - self._last_status >= STATUS_REFRESH_S:
-            self._last_status = now
-            self.stats.context_used = self._context_base + estimate_tokens(self.run_view.answer)
-            self._show_stats()
-
     def _end_generation(self) -> None:
-        self.stats.state = "ready" if self.model is not None else "error"
-        self.stats.context_used = self._context_base + estimate_tokens(self.run_view.answer)
-        self._read_cache_stats()
+        self.meter.end(self.run_view.answer, model=self.model, engine=self._engine)
         self._show_stats()
-
-    def _read_cache_stats(self) -> None:
-        """Prefix-state cache hits: the embedded engine keeps ``prefix_cache.stats`` (hits,
-        requests); other models may offer ``cache_stats() -> {"hits", "lookups"}``."""
-        cache_stats = getattr(getattr(self._engine, "prefix_cache", None), "stats", None)
-        if cache_stats is not None:
-            self.stats.cache_hits = int(getattr(cache_stats, "hits", 0))
-            self.stats.cache_lookups = int(getattr(cache_stats, "requests", 0))
-            return
-        reader = getattr(self.model, "cache_stats", None)
-        if not callable(reader):
-            return
-        with contextlib.suppress(Exception):
-            stats = reader()
-            self.stats.cache_hits = int(stats.get("hits", 0))
-            self.stats.cache_lookups = int(
-                stats.get("lookups", stats.get("hits", 0) + stats.get("misses", 0))
-            )
 
     def _show_stats(self) -> None:
         if self.main_screen.is_mounted:
@@ -459,7 +413,8 @@ class MaestroApp(App[None]):
             self.notify("A run is in progress: Escape cancels it.", severity="warning")
             return
         self.stats = ModelStats(name)
-        self.model = None
+        self.meter = GenerationMeter(self.stats)
+        self.model, self._engine = None, None
         self.load_model(self.services.loader_for(name))
 
     def action_open_memory(self) -> None:
@@ -482,18 +437,6 @@ class MaestroApp(App[None]):
         yield SystemCommand("Documents", "Ingest and list documents", self.action_open_documents)
 
 
-PREFIX_CACHE_BYTES = 256 * 2**20
-
-
-def _enable_prefix_cache(engine: Any) -> None:
-    """Turn on the engine's prefix-state cache: each turn of a thread re-sends the whole
-    conversation, and the cache restores the hybrid state of the part already read instead
-    of prefilling it again. Engines without one are left alone."""
-    enable = getattr(engine, "enable_prefix_cache", None)
-    if callable(enable) and getattr(engine, "prefix_cache", None) is None:
-        enable(PREFIX_CACHE_BYTES)
-
-
 def _title(task: str) -> str:
     words = " ".join(task.split())
     return words if len(words) <= 40 else words[:39] + "…"
@@ -508,11 +451,6 @@ def _history(entries: list[ChatEntry]) -> list[Message]:
         elif entry.role == "assistant" and entry.content:
             history.append(AssistantMessage(entry.content))
     return history
-
-
-def _text(message: Message) -> str:
-    content = getattr(message, "content", None)
-    return content if isinstance(content, str) else ""
 
 
 def create_app(services: Services) -> MaestroApp:

@@ -32,6 +32,7 @@ from maestro.events import (
 from maestro.llm.base import Model
 from maestro.testing import FunctionModel, plan_step
 from maestro.tui.app import MaestroApp, create_app
+from maestro.tui.generation import GenerationMeter
 from maestro.tui.services import RunRequest, Services, Store
 from maestro.tui.stores import InMemoryStore
 from maestro.tui.widgets.chat.chat_log import ChatLog
@@ -196,7 +197,7 @@ class Replay:
 @pytest.fixture(autouse=True)
 def _frozen_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(BudgetMeter, "clock", staticmethod(lambda: T0 + 4.2))
-    monkeypatch.setattr(MaestroApp, "clock", staticmethod(lambda: 100.0))
+    monkeypatch.setattr(GenerationMeter, "clock", staticmethod(lambda: 100.0))
 
 
 def _app(replay: Replay) -> MaestroApp:

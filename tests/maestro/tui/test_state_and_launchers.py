@@ -203,3 +203,36 @@ def test_model_specs() -> None:
     assert type(remote).__name__ == "OpenAIModel" and remote.model_name == "served-name"
     local = model_loader("smollm2-135m-instruct")()  # cheap: weights load on first use
     assert type(local).__name__ == "LocalModel"
+
+
+def test_generation_meter_speed_throttle_and_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from maestro.messages import UserMessage
+    from maestro.tui.generation import GenerationMeter, enable_prefix_cache
+    from maestro.tui.widgets.run.model_status import ModelStats
+
+    now = [10.0]
+    monkeypatch.setattr(GenerationMeter, "clock", staticmethod(lambda: now[0]))
+    stats = ModelStats("m")
+    meter = GenerationMeter(stats)
+    meter.begin([UserMessage("x" * 40)], "y" * 40)
+    assert (stats.state, stats.context_used) == ("generating", 22)
+    redraws = []
+    for _ in range(11):  # 11 deltas over 1 s: 10 intervals -> 10 tok/s
+        redraws.append(meter.token("a"))
+        now[0] += 0.1
+    assert stats.tokens_per_s == pytest.approx(10.0)
+    assert redraws.count(True) < len(redraws)  # throttled, not one redraw per token
+
+    class Engine:
+        prefix_cache = None
+
+        def enable_prefix_cache(self, max_bytes: int) -> object:
+            self.prefix_cache = SimpleNamespace(stats=SimpleNamespace(hits=3, requests=4))
+            return self.prefix_cache
+
+    engine = Engine()
+    enable_prefix_cache(engine)
+    meter.end("answer", model=object(), engine=engine)
+    assert (stats.state, stats.cache_hits, stats.cache_lookups) == ("ready", 3, 4)
