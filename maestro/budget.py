@@ -105,6 +105,9 @@ class BudgetTracker:
         self.budget = budget
         self.usage = Usage()
         self.tool_calls = 0
+        # Model calls admitted but not yet recorded: concurrent calls (judges) count against
+        # the call cap before they finish, so they cannot overshoot it together.
+        self.in_flight = 0
         self._clock = clock
         self._started = clock()
 
@@ -126,7 +129,8 @@ class BudgetTracker:
     def check_model_call(
         self, estimated_input_tokens: int, estimated_input_usd: float = 0.0
     ) -> int | None:
-        """Raise BudgetExceeded if this call may not happen; else the max output tokens left.
+        """Raise BudgetExceeded if this call may not happen; else admit it (call
+        ``release_model_call`` when it ends) and return the max output tokens left.
 
         ``estimated_input_usd`` (the prompt's price on a priced model) makes the USD cap refuse
         a call whose prompt alone would cross it, not only calls after the cap was reached.
@@ -139,7 +143,10 @@ class BudgetTracker:
                 f"spent ${self.usage.cost_usd:.4f}; the next prompt costs about "
                 f"${estimated_input_usd:.4f}, over the cap of ${b.max_usd}",
             )
-        if b.max_model_calls is not None and self.usage.requests >= b.max_model_calls:
+        if (
+            b.max_model_calls is not None
+            and self.usage.requests + self.in_flight >= b.max_model_calls
+        ):
             raise BudgetExceeded("max_model_calls", f"model call cap of {b.max_model_calls} hit")
         if (
             b.max_input_tokens is not None
@@ -150,12 +157,19 @@ class BudgetTracker:
                 f"{self.usage.input_tokens} input tokens used; the next call needs about "
                 f"{estimated_input_tokens} more, over the cap of {b.max_input_tokens}",
             )
-        if b.max_output_tokens is None:
-            return None
-        left = b.max_output_tokens - self.usage.output_tokens
-        if left <= 0:
-            raise BudgetExceeded("max_output_tokens", f"output cap of {b.max_output_tokens} hit")
+        left: int | None = None
+        if b.max_output_tokens is not None:
+            left = b.max_output_tokens - self.usage.output_tokens
+            if left <= 0:
+                raise BudgetExceeded(
+                    "max_output_tokens", f"output cap of {b.max_output_tokens} hit"
+                )
+        self.in_flight += 1
         return left
+
+    def release_model_call(self) -> None:
+        """The admitted call ended (recorded or failed); it no longer holds a slot."""
+        self.in_flight = max(0, self.in_flight - 1)
 
     def check_tool_call(self) -> None:
         b = self.budget

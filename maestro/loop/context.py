@@ -204,27 +204,13 @@ class RunContext:
         estimated = sum(estimate_tokens(_message_chars(m)) for m in messages)
         pricing = self.model.pricing
         input_usd = estimated * pricing.input_per_1m / 1_000_000 if pricing else 0.0
-        output_left = self.tracker.check_model_call(estimated, input_usd)
-        if output_left is not None:
-            wanted = options.max_tokens if options.max_tokens is not None else output_left
-            options = dataclasses.replace(options, max_tokens=min(wanted, output_left))
-        started = time.time()
-        await self.emit(StepStarted(run_id=self.run_id, key=key, kind=kind))
-        attributes = {
-            tracing.OPERATION: "chat",
-            tracing.REQUEST_MODEL: self.model.model_name,
-            tracing.REQUEST_MAX_TOKENS: options.max_tokens,
-            tracing.REQUEST_TEMPERATURE: options.temperature,
-            tracing.CONVERSATION_ID: self.run_id,
-        }
-        with tracing.span(f"chat {self.model.model_name}", attributes) as span:
-            if stream_text:
-                response = await self._stream(key, messages, options)
-            else:
-                response = await self.model.request(messages, options)
-            span.set_attribute(tracing.INPUT_TOKENS, response.usage.input_tokens)
-            span.set_attribute(tracing.OUTPUT_TOKENS, response.usage.output_tokens)
-            span.set_attribute(tracing.FINISH_REASONS, [response.finish_reason])
+        output_left = self.tracker.check_model_call(estimated, input_usd)  # reserves a call
+        try:
+            response, started = await self._call_model_reserved(
+                key, kind, messages, options, output_left, stream_text
+            )
+        finally:
+            self.tracker.release_model_call()
         if response.usage.cost_usd == 0.0 and self.model.pricing is not None:
             response.usage.cost_usd = self.model.cost(response.usage)
         self.tracker.record_model(response.usage)
@@ -248,6 +234,39 @@ class RunContext:
         )
         await self.budget_update()
         return response
+
+    async def _call_model_reserved(
+        self,
+        key: str,
+        kind: str,
+        messages: list[Message],
+        options: ModelRequestOptions,
+        output_left: int | None,
+        stream_text: bool,
+    ) -> tuple[ModelResponse, float]:
+        # Nothing here may suspend before the model is called: concurrent judge calls then
+        # reach the model in the order they were started, which keeps scripted tests exact.
+        if output_left is not None:
+            wanted = options.max_tokens if options.max_tokens is not None else output_left
+            options = dataclasses.replace(options, max_tokens=min(wanted, output_left))
+        started = time.time()
+        await self.emit(StepStarted(run_id=self.run_id, key=key, kind=kind))
+        attributes = {
+            tracing.OPERATION: "chat",
+            tracing.REQUEST_MODEL: self.model.model_name,
+            tracing.REQUEST_MAX_TOKENS: options.max_tokens,
+            tracing.REQUEST_TEMPERATURE: options.temperature,
+            tracing.CONVERSATION_ID: self.run_id,
+        }
+        with tracing.span(f"chat {self.model.model_name}", attributes) as span:
+            if stream_text:
+                response = await self._stream(key, messages, options)
+            else:
+                response = await self.model.request(messages, options)
+            span.set_attribute(tracing.INPUT_TOKENS, response.usage.input_tokens)
+            span.set_attribute(tracing.OUTPUT_TOKENS, response.usage.output_tokens)
+            span.set_attribute(tracing.FINISH_REASONS, [response.finish_reason])
+        return response, started
 
     async def _stream(
         self, key: str, messages: list[Message], options: ModelRequestOptions

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pydantic
 
 from maestro.budget import Budget
@@ -190,15 +191,21 @@ class Refiner:
         return Candidate(round_, index, response.text, value)
 
     async def _validate(self, candidate: Candidate) -> None:
+        """Score every requirement: checks in order, model judges concurrently (one round
+        trip of latency for all of them), results reported in requirement order."""
+        verdicts: dict[str, tuple[float, str, str]] = {}
+        judged: list[Requirement] = []
         for requirement in self.requirements:
-            key = f"validate:{candidate.round}:{candidate.index}:{requirement.name}"
             if candidate.error is not None:
-                value, reason, source = 0.0, candidate.error, "error"
+                verdicts[requirement.name] = (0.0, candidate.error, "error")
             elif requirement.check is not None:
                 value, reason = await run_check(requirement, candidate.output)
-                source = "check"
+                verdicts[requirement.name] = (value, reason, "check")
             else:
-                value, reason, source = await self._judge(key, requirement, candidate.text)
+                judged.append(requirement)
+        await self._judge_all(candidate, judged, verdicts)
+        for requirement in self.requirements:
+            value, reason, source = verdicts[requirement.name]
             score = RequirementScore(
                 name=requirement.name,
                 description=requirement.description,
@@ -223,6 +230,27 @@ class Refiner:
                 )
             )
         candidate.score = overall_score(candidate.scores, self.requirements)
+
+    async def _judge_all(
+        self,
+        candidate: Candidate,
+        judged: list[Requirement],
+        verdicts: dict[str, tuple[float, str, str]],
+    ) -> None:
+        failures: list[BaseException] = []
+
+        async def judge_one(requirement: Requirement) -> None:
+            key = f"validate:{candidate.round}:{candidate.index}:{requirement.name}"
+            try:
+                verdicts[requirement.name] = await self._judge(key, requirement, candidate.text)
+            except Exception as exc:  # BudgetExceeded, provider errors: re-raised unwrapped
+                failures.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for requirement in judged:
+                group.start_soon(judge_one, requirement)
+        if failures:
+            raise failures[0]
 
     async def _judge(
         self, key: str, requirement: Requirement, answer: str

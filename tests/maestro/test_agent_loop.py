@@ -570,3 +570,41 @@ async def test_failed_step_skips_its_dependents_but_a_note_does_not() -> None:
     assert sorted(ran) == ["after-note", "bad"]
     statuses = {t.key: t.status for t in result.trace if t.kind == "tool"}
     assert statuses["tool:s3"] == "skipped" and statuses["tool:s1"] == "succeeded"
+
+
+async def test_judges_run_concurrently_and_scores_keep_requirement_order() -> None:
+    from maestro.messages import Message, ModelRequestOptions
+    from maestro.testing import FunctionModel
+
+    waiting = 0
+    both_waiting = anyio.Event()
+
+    async def answer(messages: list[Message], options: ModelRequestOptions) -> str:
+        nonlocal waiting
+        if options.response_format is None:
+            return "draft"
+        waiting += 1
+        if waiting == 2:
+            both_waiting.set()
+        with anyio.fail_after(5):  # a sequential judge would wait here forever
+            await both_waiting.wait()
+        requirement = messages[-1].content.split("Requirement:\n")[1].split("\n")[0]
+        return judge(1.0 if requirement == "first" else 0.5, requirement)
+
+    reqs = [Requirement("first"), Requirement("len", check=lambda a: True), Requirement("second")]
+    result = await Agent(FunctionModel(answer), requirements=reqs, budget=Budget(fix_rounds=0)).run(
+        "t"
+    )
+    assert [(s.description, s.score) for s in result.report.final] == [
+        ("first", 1.0),
+        ("len", 1.0),
+        ("second", 0.5),
+    ]
+
+
+async def test_concurrent_judges_cannot_overshoot_the_call_cap() -> None:
+    reqs = [Requirement("a"), Requirement("b"), Requirement("c")]
+    model = ScriptedModel(["draft", judge(1.0), judge(1.0), judge(1.0)])
+    result = await Agent(model, requirements=reqs, budget=Budget(max_model_calls=3)).run("t")
+    assert result.finish_reason == "max_model_calls"
+    assert len(model.requests) == 3 and result.usage.requests == 3

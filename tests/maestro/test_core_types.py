@@ -113,6 +113,10 @@ def test_budget_presets_and_caps() -> None:
         Budget.of("extreme")
     tracker = BudgetTracker(Budget(max_model_calls=1, max_input_tokens=100, max_output_tokens=50))
     assert tracker.check_model_call(10) == 50
+    with pytest.raises(BudgetExceeded) as info:  # the admitted call holds the only slot
+        tracker.check_model_call(10)
+    assert info.value.reason == "max_model_calls"
+    tracker.release_model_call()
     with pytest.raises(BudgetExceeded) as info:
         tracker.check_model_call(200)
     assert info.value.reason == "max_input_tokens"
