@@ -12,7 +12,8 @@ the first group (AI21 Maestro's quality dial); caps are off unless given::
 *before* the call that would cross a cap; the agent catches it and ends the run with the best
 result so far. Input tokens are estimated (≈4 characters per token) for the pre-check, and the
 request's ``max_tokens`` is clamped to the output tokens left, so a cap is never overshot by
-more than one call's estimate error.
+more than one call's estimate error. Concurrent model calls (judges) hold a slot from the
+moment they are admitted, so together they cannot exceed the call cap either.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ better answer: ``best`` only improves, so when a budget cap interrupts, the run 
 best answer seen so far.
 
 Programmatic checks run first and cost nothing; requirements without a check are judged by
-the model under the :class:`~maestro.requirements.JudgeVerdict` schema. A judge that cannot
+the model under the :class:`~maestro.requirements.JudgeVerdict` schema, all judges of one
+answer concurrently (a remote model answers them in one round trip of latency). A judge that cannot
 produce a valid verdict scores 0 with that reason — an unverifiable requirement never passes.
 """
 
