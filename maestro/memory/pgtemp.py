@@ -12,9 +12,11 @@ concurrency, not crash safety of PostgreSQL itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -67,8 +69,18 @@ class PgServer:
         )  # fmt: skip
 
     def stop(self) -> None:
+        """Stop the server (SIGKILL if it will not go within seconds) and delete its files."""
+        pid_file = self.data / "postmaster.pid"
+        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
         try:
-            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+            self._run(
+                str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-t", "10",
+                "stop",
+            )  # fmt: skip
+        except (RuntimeError, subprocess.TimeoutExpired):
+            if pid is not None:  # its backends exit on their own once the postmaster is gone
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -57,7 +57,7 @@ async def test_writer_processes_share_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     db = await Database.open(url)
     thread = await db.threads.create_thread(title="shared")
-    processes, per_process = 4, 60
+    processes, per_process = 4, 40
     env = {**os.environ, "MAESTRO_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)}
     procs = [
         subprocess.Popen(
