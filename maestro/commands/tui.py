@@ -58,6 +58,7 @@ def tui(
         typer.echo(f"error: unknown budget preset {budget!r}; choose low, medium or high", err=True)
         raise typer.Exit(2)
     from maestro.tui.app import create_app
+    from maestro.tui.ingest import UNAVAILABLE_NO_TOOLS, ingestor_for
     from maestro.tui.launchers import default_launcher
     from maestro.tui.models import DEFAULT_MODEL, SCRIPTED_PREFIX, display_name, model_loader
     from maestro.tui.stores import DatabaseStore
@@ -79,6 +80,8 @@ def tui(
         open_store=open_store,
         launcher=default_launcher(_builtin_tools() if use_tools else []),
         loader_for=model_loader,
+        ingestor_for=ingestor_for,
+        ingest_unavailable_reason=UNAVAILABLE_NO_TOOLS,
         model_choices=choices,
         budget=budget,
     )

@@ -32,6 +32,7 @@ from maestro.llm.base import Model
 from maestro.messages import AssistantMessage, Message, UserMessage
 from maestro.tui.commands import MaestroCommands
 from maestro.tui.generation import GenerationMeter, enable_prefix_cache
+from maestro.tui.ingest import UNAVAILABLE_NO_DATABASE
 from maestro.tui.run_state import Region, RunView
 from maestro.tui.screens.approval import ApprovalScreen
 from maestro.tui.screens.documents import DocumentsScreen
@@ -422,9 +423,13 @@ class MaestroApp(App[None]):
 
     def action_open_documents(self) -> None:
         services = self.services
-        self.push_screen(
-            DocumentsScreen(self.store, services.ingestor, services.ingest_unavailable_reason)
-        )
+        ingestor = services.ingestor
+        reason = services.ingest_unavailable_reason
+        if ingestor is None and services.ingestor_for is not None and self.store_ready.is_set():
+            ingestor = services.ingestor_for(self.store)
+            if ingestor is None and isinstance(self.store, InMemoryStore):
+                reason = UNAVAILABLE_NO_DATABASE
+        self.push_screen(DocumentsScreen(self.store, ingestor, reason))
 
     def get_system_commands(self, screen: Screen[Any]) -> Any:
         yield from super().get_system_commands(screen)

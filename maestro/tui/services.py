@@ -191,6 +191,8 @@ class Services:
     open_store: StoreOpener
     launcher: RunLauncher
     ingestor: Ingestor | None = None
+    #: Builds the ingestor once the store is open (ingest writes to that database).
+    ingestor_for: Callable[[Store], Ingestor | None] | None = None
     ingest_unavailable_reason: str = (
         "document ingest needs the retrieval tools (tools.retrieval), which are not installed"
     )

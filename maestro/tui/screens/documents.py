@@ -78,6 +78,7 @@ class DocumentsScreen(Screen[None]):
     @on(Input.Submitted, "#ingest-path")
     def _ingest_submitted(self, event: Input.Submitted) -> None:
         path = event.value.strip()
+        event.input.value = ""
         if not path:
             return
         if not Path(path).expanduser().exists():

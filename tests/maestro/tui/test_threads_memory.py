@@ -6,7 +6,7 @@ from __future__ import annotations
 from maestro.memory.records import Provenance
 from maestro.runs import RunRecord
 from maestro.testing import FunctionModel
-from maestro.tui.services import ProgressCallback
+from maestro.tui.ingest import RetrievalIngestor
 from maestro.tui.stores import DatabaseStore
 from maestro.tui.widgets.chat.chat_log import ChatLog
 from maestro.tui.widgets.chat.prompt_input import PromptInput
@@ -167,22 +167,6 @@ async def test_documents_without_ingest_say_why(db_store: DatabaseStore) -> None
         await drain(app)
 
 
-class _FakeIngestor:
-    """Adds one document per file through the real repository, reporting progress."""
-
-    def __init__(self, store: DatabaseStore) -> None:
-        self.store = store
-
-    async def ingest(self, path: str, progress: ProgressCallback) -> int:
-        from pathlib import Path
-
-        files = sorted(p for p in Path(path).iterdir() if p.is_file())
-        for done, file in enumerate(files, start=1):
-            await self.store.db.documents.add_document(str(file), title=file.stem)
-            progress(done, len(files), file.name)
-        return len(files)
-
-
 async def test_documents_ingest_shows_progress_and_lists_them(
     db_store: DatabaseStore, tmp_path: object
 ) -> None:
@@ -190,9 +174,9 @@ async def test_documents_ingest_shows_progress_and_lists_them(
 
     folder = Path(str(tmp_path)) / "docs"
     folder.mkdir()
-    for name in ("a.md", "b.md", "c.md"):
-        (folder / name).write_text(f"# {name}\n")
-    app = build_app(_echo(), db_store, ingestor=_FakeIngestor(db_store))
+    for name, fact in (("a.md", "alpacas hum"), ("b.md", "badgers dig"), ("c.txt", "cats nap")):
+        (folder / name).write_text(f"# {name}\n\nField note: {fact} at dawn.\n")
+    app = build_app(_echo(), db_store, ingestor=RetrievalIngestor(db_store))
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, app.store_ready.is_set)
         await pilot.press("f3")
@@ -204,7 +188,20 @@ async def test_documents_ingest_shows_progress_and_lists_them(
         bar = screen.query_one("#ingest-progress")
         assert bar.progress == 3 and bar.total == 3  # type: ignore[attr-defined]
         assert "ingested 3 document(s)" in str(screen.query_one("#ingest-status").render())
+        # Ingesting the same folder again skips the unchanged files.
+        screen.query_one("#ingest-path").focus()
+        await pilot.press(*str(folder), "enter")
+        await wait_until(
+            pilot,
+            lambda: "ingested 0 document(s)" in str(screen.query_one("#ingest-status").render()),
+            what="re-ingest skipped",
+        )
         await drain(app)
+
+    from tools.retrieval import Retriever
+
+    hits = await Retriever(db_store.db).search("badgers", k=3)
+    assert [Path(h.source).name for h in hits][:1] == ["b.md"]
 
 
 async def test_palette_sets_the_budget_preset_and_switches_threads(db_store: DatabaseStore) -> None:
