@@ -336,8 +336,9 @@ class MaestroApp(App[None]):
             self._end_generation()
             return
         view = self.run_view
-        note = view.status if view.status == "completed" else f"{view.status}: {view.finish_reason}"
-        await bubble.finish(view.answer or bubble.text, note=note)
+        note = view.status if view.status == "completed" else f"{view.status}: {view.outcome}"
+        shown = view.answer or bubble.text or f"*No answer ({view.status}): {view.outcome}*"
+        await bubble.finish(shown, note=note)
         self._end_generation()
         await self.store.add_message(thread_id, "assistant", view.answer, view.run_id or None)
         await self.refresh_threads()

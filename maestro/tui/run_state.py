@@ -97,9 +97,17 @@ class RunView:
     answer: str = ""
     answer_key: str = ""  # the step whose text is streaming; a new step's text replaces it
     finish_reason: str = ""
+    error: str = ""  # what went wrong, when the run failed
     started_at: float | None = None
     finished_at: float | None = None
     resumed: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """Why the run ended, in words: the finish reason and the error, if any."""
+        if self.error and self.error not in self.finish_reason:
+            return f"{self.finish_reason}: {self.error}" if self.finish_reason else self.error
+        return self.finish_reason
 
     @property
     def active(self) -> bool:
@@ -178,6 +186,8 @@ class RunView:
                 self.status = event.status
                 self.finish_reason = event.finish_reason
                 self.finished_at = event.ts
+                error = event.result.get("error")
+                self.error = error if isinstance(error, str) else ""
                 answer = event.result.get("answer")
                 if isinstance(answer, str) and answer:
                     self.answer = answer

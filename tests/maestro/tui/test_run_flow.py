@@ -244,3 +244,19 @@ async def test_a_task_sent_while_the_model_loads_waits_for_it(db_store: Database
         assert _answers(app) == ["ready now"]
         assert app.stats.state == "ready"
         await drain(app)
+
+
+async def test_a_failing_model_ends_the_run_with_the_reason_shown(db_store: DatabaseStore) -> None:
+    from maestro.errors import ModelHTTPError
+
+    def broken(_messages: object, _options: object) -> str:
+        raise ModelHTTPError(503, "the model server is overloaded")
+
+    app = build_app(FunctionModel(broken), db_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"hello", "enter")
+        await wait_until(pilot, lambda: app.run_view.status == "failed", what="failed run")
+        await drain(app)
+        bubble = app.main_screen.query_one(ChatLog).messages[-1]
+        assert "overloaded" in bubble.text and "overloaded" in str(bubble.border_subtitle)
+        assert app.stats.state == "ready"  # the model is still usable for the next task
