@@ -331,6 +331,16 @@ def _time_ms(fn: Callable[[], Any], slow: bool = False) -> float:
                           return_mode="median"))
 
 
+# (BLOCK_D, BLOCK_L, num_warps) tried by --sweep, for contiguous inputs (False) and the mixer's
+# channel-major layout (True).
+SCAN_SWEEP: dict[bool, list[tuple[int, int, int]]] = {
+    False: [(2, 32, 4), (4, 16, 4), (4, 32, 4), (8, 16, 4), (4, 64, 4), (4, 64, 8), (8, 32, 8),
+            (16, 32, 8), (8, 64, 8)],
+    True: [(8, 16, 4), (16, 8, 4), (32, 4, 4), (16, 16, 8), (32, 8, 8), (64, 4, 8), (16, 4, 2),
+           (32, 2, 2)],
+}
+
+
 def bench(sweep: bool = False, device: str = "cuda",
           timer: Callable[[Callable[[], Any], bool], float] | None = None,
           dtypes: tuple[str, ...] = tuple(DTYPES)) -> list[dict[str, Any]]:
@@ -415,13 +425,7 @@ def bench(sweep: bool = False, device: str = "cuda",
               + (f"{o:9.4f} {o / r['triton_ms']:9.2f}" if o is not None else f"{'-':>9s} {'-':>9s}"))
 
     if sweep:
-        configs = {
-            False: [(2, 32, 4), (4, 16, 4), (4, 32, 4), (8, 16, 4), (4, 64, 4), (4, 64, 8),
-                    (8, 32, 8), (16, 32, 8), (8, 64, 8)],
-            True: [(8, 16, 4), (16, 8, 4), (32, 4, 4), (16, 16, 8), (32, 8, 8), (64, 4, 8),
-                   (16, 4, 2), (32, 2, 2)],
-        }
-        for model_layout, grid in configs.items():
+        for model_layout, grid in SCAN_SWEEP.items():
             layout = "model layout" if model_layout else "contiguous"
             print(f"\nselective_scan block sweep (bf16, Bt=1, L={LENGTH}, {layout}): "
                   "BLOCK_D BLOCK_L warps -> ms")

@@ -345,13 +345,16 @@ def check_bench_script_runs() -> dict[str, Any]:
     must not die on a typo. Says nothing about speed."""
     from model.kernels import bench_triton
 
-    saved = bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH
+    saved = (bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH,
+             dict(bench_triton.SCAN_SWEEP))
     bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH = 8, 4, 20
+    bench_triton.SCAN_SWEEP.update({False: [(4, 16, 4)], True: [(8, 8, 4)]})
     try:
         rows = bench_triton.bench(sweep=True, device="cpu", timer=lambda fn, slow: (fn(), 1.0)[1],
                                   dtypes=("bf16",))
     finally:
-        bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH = saved
+        bench_triton.ED, bench_triton.N_STATE, bench_triton.LENGTH, sweep = saved
+        bench_triton.SCAN_SWEEP.update(sweep)
     assert len(rows) == 10 + 2, len(rows)
     return {}
 
