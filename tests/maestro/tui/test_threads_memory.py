@@ -3,6 +3,8 @@ history, the memory browser (edit and forget, with provenance), documents and th
 
 from __future__ import annotations
 
+from textual.widgets import Input
+
 from maestro.memory.records import Provenance
 from maestro.runs import RunRecord
 from maestro.testing import FunctionModel
@@ -182,15 +184,17 @@ async def test_documents_ingest_shows_progress_and_lists_them(
         await pilot.press("f3")
         await wait_until(pilot, lambda: type(app.screen).__name__ == "DocumentsScreen")
         screen = app.screen
-        screen.query_one("#ingest-path").focus()
-        await pilot.press(*str(folder), "enter")
+        path_input = screen.query_one("#ingest-path", Input)
+        path_input.focus()
+        path_input.value = str(folder)  # typing a long temp path key by key only costs time
+        await pilot.press("enter")
         await wait_until(pilot, lambda: len(screen.documents) == 3, what="3 documents")  # type: ignore[attr-defined]
         bar = screen.query_one("#ingest-progress")
         assert bar.progress == 3 and bar.total == 3  # type: ignore[attr-defined]
         assert "ingested 3 document(s)" in str(screen.query_one("#ingest-status").render())
         # Ingesting the same folder again skips the unchanged files.
-        screen.query_one("#ingest-path").focus()
-        await pilot.press(*str(folder), "enter")
+        path_input.value = str(folder)
+        await pilot.press("enter")
         await wait_until(
             pilot,
             lambda: "ingested 0 document(s)" in str(screen.query_one("#ingest-status").render()),
@@ -212,20 +216,20 @@ async def test_palette_sets_the_budget_preset_and_switches_threads(db_store: Dat
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.store_ready.is_set() and app.thread_id is not None)
         await pilot.press("ctrl+p")
-        await pilot.press(*"Budget: high")
+        await pilot.press(*"budget high")
         await pilot.pause(0.3)
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.budget_preset == "high", what="budget high")
 
         await pilot.press("ctrl+p")
-        await pilot.press(*"Thread: quarterly")
+        await pilot.press(*"quarterly")
         await pilot.pause(0.3)
         await pilot.press("enter")
         await wait_until(pilot, lambda: _log(app) == [("user", "summarise Q3")], what="thread")
         assert app.thread_id == target.id
 
         await pilot.press("ctrl+p")
-        await pilot.press(*"Theme: nord")
+        await pilot.press(*"nord")
         await pilot.pause(0.3)
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.theme == "nord", what="theme nord")
