@@ -7,9 +7,11 @@ registers, and activations stay in the model's dtype.
 
 Schemes (symmetric, every weight off by at most ``scale / 2``):
 - int8: one scale per output row, ``scale = max|W_row| / 127``, ``W8 = round(W / scale)``;
-- int4: one scale per group of 32 weights along the input, ``scale = max|W_group| / 7``,
-  ``q = round(W / scale)`` in [-7, 7], packed two per byte (layout: ``kernels.pack_int4``).
-  Layers whose input size is not a multiple of 32 fall back to int8.
+- int4: asymmetric groups of 32 weights along the input, as GGUF's Q4_1: ``minimum =
+  min(W_group)``, ``scale = (max - min) / 15``, ``q = round((W - minimum) / scale)`` in
+  [0, 15], packed two per byte (layout: ``kernels.pack_int4``). A Q4_1 checkpoint dequantised
+  at load is thereby re-quantised onto (nearly) its own grid. Layers whose input size is not a
+  multiple of 32 fall back to int8.
 
 What is quantised (in place):
 - every ``nn.Linear`` except those whose weights the Mamba mixer reads directly inside its
@@ -40,13 +42,15 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w8, scale
 
 
-def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weight, in % 32 == 0 -> (packed (out, in/2) uint8, scale (out, in/32))."""
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, in) float weight, in % 32 == 0 -> packed (out, in/2) uint8, scale and minimum
+    (out, in/32) fp32."""
     w = weight.detach().float()
     groups = w.reshape(w.shape[0], -1, kernels.quant_linear.INT4_GROUP)  # (out, in/32, 32)
-    scale = groups.abs().amax(dim=-1).clamp_min(1e-12) / 7.0
-    q = torch.round(groups / scale[..., None]).clamp_(-7, 7).reshape(w.shape)
-    return kernels.pack_int4(q), scale
+    minimum = groups.amin(dim=-1)
+    scale = (groups.amax(dim=-1) - minimum).clamp_min(1e-12) / 15.0
+    q = torch.round((groups - minimum[..., None]) / scale[..., None]).clamp_(0, 15)
+    return kernels.pack_int4(q.reshape(w.shape)), scale, minimum
 
 
 def _int4_ok(in_features: int) -> bool:
@@ -63,7 +67,11 @@ class QuantLinear(nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.bits = bits
-        qweight, scale = (quantize_int4 if bits == 4 else quantize_int8)(linear.weight)
+        if bits == 4:
+            qweight, scale, minimum = quantize_int4(linear.weight)
+            self.register_buffer("minimum", minimum)
+        else:
+            qweight, scale = quantize_int8(linear.weight)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale)
         bias = linear.bias
@@ -74,14 +82,14 @@ class QuantLinear(nn.Module):
         return cls(linear, bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = kernels.int4_linear if self.bits == 4 else kernels.int8_linear
-        return op(x, self.qweight, self.scale, self.bias)
+        if self.bits == 4:
+            return kernels.int4_linear(x, self.qweight, self.scale, self.minimum, self.bias)
+        return kernels.int8_linear(x, self.qweight, self.scale, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight this layer computes with."""
         if self.bits == 4:
-            group = kernels.quant_linear.INT4_GROUP
-            return kernels.unpack_int4(self.qweight).float() * self.scale.repeat_interleave(group, 1)
+            return kernels.dequantize_int4(self.qweight, self.scale, self.minimum)
         return self.qweight.float() * self.scale[:, None]
 
     def extra_repr(self) -> str:

@@ -21,6 +21,7 @@ from model.kernels.dispatch import (
 )
 from model.kernels.mamba_decode import mamba_decode_step, mamba_decode_step_ref
 from model.kernels.quant_linear import (
+    dequantize_int4,
     int4_linear,
     int4_linear_ref,
     int8_linear,
@@ -42,6 +43,7 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "causal_conv1d_update_ref",
+    "dequantize_int4",
     "int4_linear",
     "int4_linear_ref",
     "int8_linear",

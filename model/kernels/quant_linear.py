@@ -1,4 +1,5 @@
-"""Weight-only quantised linear ops for CPU decode: int8 per output row, 4-bit per group of 32.
+"""Weight-only quantised linear ops for CPU decode: int8 per output row, 4-bit per group of 32
+(asymmetric, the Q4_1 scheme).
 
 int8: ``y = x @ (W8 * scale)^T + bias``.
 
@@ -39,42 +40,56 @@ def int8_linear(
 INT4_GROUP = 32
 
 
-def int4_linear_ref(
-    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Reference 4-bit linear: unpack, dequantise to fp32, multiply; returns x's dtype.
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    """(N, K/2) packed nibbles, (N, K/32) scale and minimum -> the (N, K) fp32 weight."""
+    q = unpack_int4(packed).float()
+    return q * scale.float().repeat_interleave(INT4_GROUP, 1) + minimum.float().repeat_interleave(
+        INT4_GROUP, 1
+    )
 
-    packed (N, K/2) uint8: in each group of 32 weights along K, byte j holds ``q[j] + 8`` in its
-    low nibble and ``q[j + 16] + 8`` in its high nibble, q in [-8, 7]; scale (N, K/32) fp32.
+
+def int4_linear_ref(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    minimum: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference 4-bit linear: dequantise to fp32 and multiply; returns x's dtype.
+
+    Asymmetric groups of 32 along K, like GGUF's Q4_1: ``w = q * scale + minimum``, q in
+    [0, 15]. packed (N, K/2) uint8: in each group, byte j holds q[j] in its low nibble and
+    q[j + 16] in its high nibble; scale, minimum (N, K/32) fp32.
     """
-    w = unpack_int4(packed).float() * scale.float().repeat_interleave(INT4_GROUP, dim=1)
-    y = x.float() @ w.t()
+    y = x.float() @ dequantize_int4(packed, scale, minimum).t()
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """(N, K/2) uint8 -> (N, K) int8 values in [-8, 7] (the layout of :func:`int4_linear_ref`)."""
+    """(N, K/2) uint8 -> (N, K) uint8 values in [0, 15] (the layout of :func:`int4_linear_ref`)."""
     n_out = packed.shape[0]
-    groups = packed.reshape(n_out, -1, INT4_GROUP // 2).to(torch.int16)  # (N, K/32, 16)
-    low, high = (groups & 0x0F) - 8, (groups >> 4) - 8
-    return torch.cat([low, high], dim=-1).reshape(n_out, -1).to(torch.int8)
+    groups = packed.reshape(n_out, -1, INT4_GROUP // 2)  # (N, K/32, 16)
+    return torch.cat([groups & 0x0F, groups >> 4], dim=-1).reshape(n_out, -1)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """(N, K) integers in [-8, 7], K a multiple of 32 -> (N, K/2) uint8; inverse of unpack_int4."""
+    """(N, K) integers in [0, 15], K a multiple of 32 -> (N, K/2) uint8; inverse of unpack_int4."""
     n_out = q.shape[0]
-    groups = (q.to(torch.int16) + 8).reshape(n_out, -1, INT4_GROUP)  # (N, K/32, 32)
-    packed = groups[..., : INT4_GROUP // 2] | (groups[..., INT4_GROUP // 2 :] << 4)
-    return packed.to(torch.uint8).reshape(n_out, -1)
+    groups = q.to(torch.uint8).reshape(n_out, -1, INT4_GROUP)  # (N, K/32, 32)
+    return (groups[..., : INT4_GROUP // 2] | (groups[..., INT4_GROUP // 2 :] << 4)).reshape(n_out, -1)
 
 
 register_reference("int4_linear", int4_linear_ref)
 
 
 def int4_linear(
-    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    minimum: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """4-bit linear on the active backend; same contract as :func:`int4_linear_ref`."""
-    return implementation("int4_linear", x.device.type)(x, packed, scale, bias)
+    return implementation("int4_linear", x.device.type)(x, packed, scale, minimum, bias)

@@ -291,17 +291,19 @@ def test_int8_linear(dtype, rows):
 def test_int4_linear(dtype, rows):
     g = torch.Generator().manual_seed(13)
     n_out, k_in = 37, 96
-    q = torch.randint(-8, 8, (n_out, k_in), generator=g)
+    q = torch.randint(0, 16, (n_out, k_in), generator=g)
     packed = kernels.pack_int4(q)
+    assert torch.equal(kernels.unpack_int4(packed), q.to(torch.uint8))
     scale = torch.rand(n_out, k_in // 32, generator=g) * 0.05
+    minimum = -torch.rand(n_out, k_in // 32, generator=g) * 0.4
     bias = torch.randn(n_out, generator=g)
     x32 = torch.randn(2, rows, k_in, generator=g)
-    y32 = kernels.int4_linear_ref(x32, packed, scale, bias)
+    y32 = kernels.int4_linear_ref(x32, packed, scale, minimum, bias)
     x = x32.to(dtype)
-    y = kernels.int4_linear(x, packed, scale, bias)
+    y = kernels.int4_linear(x, packed, scale, minimum, bias)
     assert y.shape == (2, rows, n_out) and y.dtype == dtype
     if dtype == torch.float32:
         _assert_fp32(f"int4 linear rows={rows}", y, y32)
     else:
-        y_low = kernels.int4_linear_ref(x, packed, scale, bias)
+        y_low = kernels.int4_linear_ref(x, packed, scale, minimum, bias)
         _assert_low_precision(f"int4 linear bf16 rows={rows}", y, y_low, y32)

@@ -126,7 +126,7 @@ def _register_fakes() -> None:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     @torch.library.register_fake(lib + "int4_linear")
-    def _int4(x, packed, scale, bias):
+    def _int4(x, packed, scale, minimum, bias):
         return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
@@ -173,14 +173,14 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
         return ops.int8_linear(x, weight, scale, bias)
 
-    def int4_linear(x, packed, scale, bias=None):
+    def int4_linear(x, packed, scale, minimum, bias=None):
         rows = x.numel() // max(x.shape[-1], 1)
         if rows > _INT8_MATVEC_MAX_ROWS:  # prefill: dequantise once, BLAS matmul
-            from model.kernels.quant_linear import INT4_GROUP, unpack_int4
+            from model.kernels.quant_linear import dequantize_int4
 
-            w = unpack_int4(packed).to(x.dtype) * scale.to(x.dtype).repeat_interleave(INT4_GROUP, 1)
+            w = dequantize_int4(packed, scale, minimum).to(x.dtype)
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
-        return ops.int4_linear(x, packed, scale, bias)
+        return ops.int4_linear(x, packed, scale, minimum, bias)
 
     return {
         "int4_linear": int4_linear,
