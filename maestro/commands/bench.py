@@ -47,3 +47,9 @@ def memory(json_output: JsonOption = False, quick: QuickOption = False) -> None:
 def tools(json_output: JsonOption = False, quick: QuickOption = False) -> None:
     """Sandbox start/call overhead, ingest throughput and search latency."""
     _run("tools", json_output, quick)
+
+
+@app.command()
+def state(json_output: JsonOption = False, quick: QuickOption = False) -> None:
+    """Constrained-decoding overhead, warm-prefix time to first token, stored-state resume."""
+    _run("state", json_output, quick)
