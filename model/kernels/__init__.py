@@ -1,9 +1,16 @@
 """Kernels of the engine: a pure-PyTorch ``<op>_ref`` (the specification) beside each dispatcher.
 
-The dispatchers (``selective_scan``, ``causal_conv1d``, ...) run the fastest available backend
-for the tensors' device, chosen once per device type (see :mod:`model.kernels.dispatch`):
-the C++ CPU kernels, Triton on CUDA, or the reference. Tests and benchmarks pick one with
-``use("ref" | "cpp" | "triton" | "auto")``, also usable as ``with use("ref"): ...``.
+Ops: ``selective_scan`` (prefill) and ``selective_state_update`` (one step), ``causal_conv1d``
+and ``causal_conv1d_update``, ``mamba_decode_step`` (the whole Jamba mixer between in_proj and
+out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantised matmul, used
+by :mod:`model.quant`).
+
+The dispatchers run the fastest available backend for the tensors' device, chosen once per
+device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
+compiled on first use), Triton on CUDA, or the reference. Tests and benchmarks pick one with
+``use("ref" | "cpp" | "triton" | "auto")``, also usable as ``with use("ref"): ...``;
+``active_backend(device)`` and ``op_backends(device)`` say what runs. Benchmark:
+``python -m model.kernels.bench``.
 """
 
 from model.kernels.causal_conv1d import (
