@@ -69,6 +69,7 @@ def create_app(
     api_key: str | Mapping[str, str] | None = None,
     tools: Mapping[str, ToolFactory] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_active_runs: int = 16,
 ) -> Starlette:
     """The OpenAI-compatible chat API and the runs API over ``model`` (see the module doc)."""
     if not isinstance(model, Model):
@@ -87,7 +88,9 @@ def create_app(
         return store
 
     chat = ChatService(model)
-    runs = RunService(model, store_of, SAFE_TOOLS if tools is None else tools)
+    runs = RunService(
+        model, store_of, SAFE_TOOLS if tools is None else tools, max_active=max_active_runs
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -115,6 +118,7 @@ def create_app(
         Route("/v1/models", chat.list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/runs", runs.create, methods=["POST"]),
+        Route("/v1/runs", runs.list_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", runs.get, methods=["GET"]),
         Route("/v1/runs/{run_id}/events", runs.events, methods=["GET"]),
         Route("/v1/me", whoami, methods=["GET"]),

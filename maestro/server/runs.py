@@ -3,6 +3,7 @@
 - ``POST /v1/runs`` ``{"input": "...", "requirements": [{"description", "mandatory"}],
   "budget": "low|medium|high", "tools": ["calculator"]}`` starts a run in a background task
   and answers 201 with the run (``status: "running"``). ``task`` is accepted for ``input``.
+- ``GET /v1/runs?limit=20``: the caller's runs, newest first.
 - ``GET /v1/runs/{id}``: status, result (the answer), the requirements report, usage, data
   sources, finish reason and error.
 - ``GET /v1/runs/{id}/events``: the run's events as SSE (``event: <type>``, ``data: <json>``),
@@ -16,6 +17,7 @@ user gets 404 for it, exactly as for a run that does not exist.
 
 Tools are named, not sent: only tools in the server's registry (:data:`SAFE_TOOLS` by
 default — pure functions with no access to files, network or processes) can be enabled.
+At most ``max_active`` runs execute at once; past that, ``POST`` answers 429.
 """
 
 from __future__ import annotations
@@ -101,8 +103,11 @@ class RunService:
         model: Model,
         store_of: Callable[[], RunStore],
         tools: Mapping[str, ToolFactory],
+        *,
+        max_active: int = 16,
     ) -> None:
         self.model = model
+        self.max_active = max_active
         self._store_of = store_of
         self.tools = dict(tools)
         self.live: dict[str, _LiveRun] = {}
@@ -115,6 +120,13 @@ class RunService:
     async def create(self, request: Request) -> Response:
         body: CreateRunRequest = parse_body(CreateRunRequest, await request.body())
         user: str = request.state.user
+        active = sum(1 for r in self.live.values() if not r.done)
+        if active >= self.max_active:
+            raise APIError(
+                429,
+                f"{active} runs are executing, the most this server runs at once; retry later",
+                code="too_many_runs",
+            )
         unknown = [t for t in body.tools if t not in self.tools]
         if unknown:
             raise APIError(
@@ -192,6 +204,24 @@ class RunService:
         if record is None and live is None:
             raise APIError(404, f"no run {run_id!r}", param="run_id", code="run_not_found")
         return record, live
+
+    async def list_runs(self, request: Request) -> Response:
+        user: str = request.state.user
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            raise APIError(400, "limit must be an integer", param="limit") from None
+        if not 1 <= limit <= 100:
+            raise APIError(400, "limit must be within 1..100", param="limit")
+        store: Any = self.store
+        records: list[RunRecord]
+        if hasattr(store, "list_runs"):  # the SQL store filters in the database
+            records = await store.list_runs(user_id=user, limit=limit)
+        else:
+            mine = [r for r in getattr(store, "runs", {}).values() if r.user_id == user]
+            records = sorted(mine, key=lambda r: r.created_at, reverse=True)[:limit]
+        data = [self._run_body(r, self.live.get(r.id)) for r in records]
+        return JSONResponse({"object": "list", "data": data})
 
     async def get(self, request: Request) -> Response:
         record, live = await self._owned(request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -12,6 +12,7 @@ import pydantic
 import pytest
 
 from maestro.errors import ModelHTTPError
+from maestro.llm.base import StreamEvent, TextDeltaEvent
 from maestro.messages import (
     Message,
     ModelRequestOptions,
@@ -298,6 +299,28 @@ def test_model_failure_maps_to_server_error(serve: Callable[..., LiveServer]) ->
         client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": "x"}], stream=True
         )
+
+
+class FailsMidStream(FunctionModel):
+    """Streams one delta, then the provider fails."""
+
+    async def stream(
+        self, messages: list[Message], options: ModelRequestOptions
+    ) -> AsyncIterator[StreamEvent]:
+        yield TextDeltaEvent("partial ")
+        raise ModelHTTPError(500, "connection to the upstream model lost")
+
+
+def test_failure_mid_stream_reaches_the_client(serve: Callable[..., LiveServer]) -> None:
+    client = client_for(serve(create_app(FailsMidStream(assistant))))
+    stream = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="upstream model lost"):
+        for chunk in stream:
+            received.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(received) == "partial "
 
 
 def test_scripted_model_runs_out_mid_conversation(serve: Callable[..., LiveServer]) -> None:

@@ -47,7 +47,7 @@ def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
 def wait_done(http: httpx.Client, run_id: str, timeout: float = 20) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        body = http.get(f"/runs/{run_id}").raise_for_status().json()
+        body: dict[str, Any] = http.get(f"/runs/{run_id}").raise_for_status().json()
         if body["status"] != "running":
             return body
         assert time.monotonic() < deadline, f"run {run_id} still running"
@@ -150,6 +150,19 @@ def test_one_users_run_is_invisible_to_another(serve: Callable[..., LiveServer])
             assert hidden.json()["error"]["code"] == "run_not_found"
         assert wait_done(alice, run_id)["status"] == "completed"
         assert bob.get(f"/runs/{run_id}").status_code == 404  # finished runs too
+        assert [r["id"] for r in alice.get("/runs").json()["data"]] == [run_id]
+        assert bob.get("/runs").json() == {"object": "list", "data": []}
+        assert alice.get("/runs", params={"limit": 0}).status_code == 400
+
+
+def test_too_many_active_runs(serve: Callable[..., LiveServer]) -> None:
+    live = serve(create_app(model(), max_active_runs=1))
+    with httpx.Client(base_url=live.base_url, timeout=20) as http:
+        first = http.post("/runs", json=RUN).raise_for_status().json()["id"]
+        busy = http.post("/runs", json=RUN)
+        assert busy.status_code == 429 and busy.json()["error"]["code"] == "too_many_runs"
+        wait_done(http, first)
+        assert http.post("/runs", json=RUN).status_code == 201
 
 
 def test_user_header_scopes_runs_without_auth(serve: Callable[..., LiveServer]) -> None:
