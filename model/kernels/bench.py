@@ -169,7 +169,7 @@ def run(
     width: int = 4,
     threads: int = 2,
     dtype: torch.dtype = torch.float32,
-    repeats: int = 5,
+    repeats: int = 10,
     budget_s: float = 6.0,
     with_reference: bool = True,
     with_transformers: bool = True,
