@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from maestro.errors import ModelHTTPError
 from maestro.messages import Message, ModelRequestOptions
 from maestro.server import create_app
 from maestro.testing import FunctionModel, judge, plan, plan_step
@@ -200,3 +201,18 @@ def test_runs_persist_in_the_database(serve: Callable[..., LiveServer], tmp_path
         assert "tool_call_finished" in types and "text_delta" not in types
         other = http.get(f"/runs/{run_id}", headers={"Authorization": "Bearer k2"})
         assert other.status_code == 404
+
+
+def test_a_failing_model_fails_the_run(serve: Callable[..., LiveServer]) -> None:
+    def broken(_m: list[Message], _o: ModelRequestOptions) -> str:
+        raise ModelHTTPError(503, "upstream overloaded")
+
+    live = serve(create_app(FunctionModel(broken)))
+    with httpx.Client(base_url=live.base_url, timeout=20) as http:
+        run_id = http.post("/runs", json={"input": "hello"}).raise_for_status().json()["id"]
+        done = wait_done(http, run_id)
+        assert done["status"] == "failed"
+        assert "upstream overloaded" in done["error"]
+        with http.stream("GET", f"/runs/{run_id}/events") as stream:
+            last = sse_events(stream)[-1]
+        assert last["type"] == "run_finished" and last["status"] == "failed"

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import httpx
+import openai
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -46,3 +52,39 @@ def test_importing_maestro_does_not_import_the_server() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_maestro_serve_end_to_end(tmp_path: Path) -> None:
+    """The real command in a subprocess, with a key from the environment."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MAESTRO_API_KEY": "sk-test", "MAESTRO_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "maestro.cli", "serve", "--port", str(port)]
+    command += ["--model", "scripted:hello from serve", "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "maestro serve did not listen"
+                time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}/v1"
+        client = openai.OpenAI(base_url=base, api_key="sk-test", max_retries=0, timeout=20)
+        out = client.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert out.choices[0].message.content == "hello from serve"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="nope", max_retries=0).models.list()
+        # Runs go to the default database under MAESTRO_HOME.
+        run = client.post("/runs", body={"input": "say hello"}, cast_to=httpx.Response).json()
+        assert run["status"] == "running"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert list(tmp_path.rglob("*.db")), "runs were not stored in the default database"
