@@ -695,7 +695,9 @@ Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
   const float *sp = sf.data_ptr<float>(), *bp = ptr_or_null(bf);
   float* op = out.data_ptr<float>();
   constexpr int64_t RB = 4;  // output rows per step: x is re-read from L1 once per 4 rows
-  at::parallel_for(0, (n_out + RB - 1) / RB, 16, [&](int64_t begin, int64_t end) {
+  // A thread only pays off with enough weights to stream (>= ~256 KB, ~10 us of DRAM traffic).
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (RB * k_in));
+  at::parallel_for(0, (n_out + RB - 1) / RB, grain, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n0 = blk * RB, nr = std::min(RB, n_out - n0);
@@ -834,7 +836,8 @@ Tensor int4_linear(const Tensor& x, const Tensor& packed, const Tensor& scale,
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const float *sp = sf.data_ptr<float>(), *mp = mf.data_ptr<float>(), *bp = ptr_or_null(bf);
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, n_out, 64, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 19) / k_in);  // ~256 KB per task
+  at::parallel_for(0, n_out, grain, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t n = begin; n < end; ++n)
       for (int64_t m = 0; m < rows; ++m)
