@@ -215,7 +215,10 @@ def _prefill(
     logits = None
     for start in range(0, longest, PREFILL_CHUNK):
         chunk = slice(start, start + PREFILL_CHUNK)
-        out = model(ids[:, chunk], cache=cache, pad_mask=mask[:, chunk] if padded else None)
+        # Only the last position's logits are used: skip the LM head for the rest (a batch of
+        # 50 x 512 rows would otherwise build a 5 GB fp32 tensor on a 49k vocabulary).
+        out = model(ids[:, chunk], cache=cache, pad_mask=mask[:, chunk] if padded else None,
+                    logits_to_keep=1)
         logits = out[:, -1, :]
         del out
     assert logits is not None
