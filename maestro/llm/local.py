@@ -12,7 +12,11 @@ constrained by the engine's grammar mask (llguidance) to that schema. If the gra
 is not available the model falls back to free generation, and the loop's parse-and-validate
 retries catch what it gets wrong. With ``tool_choice="auto"`` the model writes freely and tool
 calls are parsed from ``<tool_call>{...}</tool_call>`` blocks or a bare ``{"name",
-"arguments"}`` object, as the common open-model chat templates produce them.
+"arguments"}`` object, as the common open-model chat templates produce them; with the real
+engine, a call the model opens is decoded under the grammar of the declared tools
+(``model.tool_calls``), and tools reach the model even when the checkpoint's template ignores
+them (they are described in the system message). The engine's prefix-state cache is on
+(``prefix_cache_bytes``), so the system prompt and tools are not re-read every turn.
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ class LocalModel(Model):
         max_new_tokens: int = 512,
         constrained: bool = True,
         engine: Any = None,
+        prefix_cache_bytes: int = 256 * 2**20,
     ) -> None:
         self.name_or_path = name_or_path
         self.model_name = name_or_path or "smollm2-135m-instruct"
@@ -141,6 +146,7 @@ class LocalModel(Model):
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.constrained = constrained
+        self.prefix_cache_bytes = prefix_cache_bytes
         self._engine = engine
         self._injected = engine is not None
         self._load_lock = asyncio.Lock()
@@ -162,7 +168,10 @@ class LocalModel(Model):
         except ImportError as exc:
             raise UserError(f"the embedded engine is not available: {exc}") from exc
         try:
-            return load(self.name_or_path, dtype=self.dtype, device=self.device)
+            return load(
+                self.name_or_path, dtype=self.dtype, device=self.device,
+                prefix_cache_bytes=self.prefix_cache_bytes,
+            )
         except Exception as exc:
             raise ModelError(f"cannot load {self.model_name!r}: {exc}") from exc
 
@@ -178,6 +187,25 @@ class LocalModel(Model):
             return _GrammarProcessor(GrammarMatcher(bridge, Grammar.json_schema(schema)))
         except Exception as exc:
             raise UnexpectedModelBehavior(f"cannot constrain output to the schema: {exc}") from exc
+
+    def _tool_rendering(
+        self, engine: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+        options: ModelRequestOptions, processor: Any,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any]:
+        """With the real engine: tools in the checkpoint's own format and, under
+        ``tool_choice="auto"``, a grammar that constrains any call the model opens."""
+        if not tools or options.tool_choice == "none" or not hasattr(engine, "tool_call_format"):
+            return messages, tools, processor
+        from model.tool_calls import prepare_messages, tool_call_grammar
+
+        native = engine.tool_call_format() == "native"
+        rendered, template_tools = prepare_messages(messages, tools, native=native)
+        if processor is None and self.constrained and options.tool_choice in (None, "auto"):
+            from model.grammar import GrammarProcessor
+
+            grammar = tool_call_grammar(tools, "auto")
+            processor = GrammarProcessor.for_tokenizer(engine.tokenizer, grammar, engine.config.vocab_size)
+        return rendered, template_tools, processor
 
     async def request(self, messages: list[Message], options: ModelRequestOptions) -> ModelResponse:
         response: ModelResponse | None = None
@@ -200,6 +228,9 @@ class LocalModel(Model):
             "stop": list(options.stop),
         }
         tools = [t.to_openai() for t in options.tools] or None
+        template_messages, tools, processor = self._tool_rendering(
+            engine, _template_messages(messages), tools, options, processor
+        )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         cancel = threading.Event()
@@ -211,7 +242,7 @@ class LocalModel(Model):
         def work() -> None:
             try:
                 stream = engine.chat_stream(
-                    _template_messages(messages),
+                    template_messages,
                     tools,
                     logits_processor=processor,
                     result=results,
