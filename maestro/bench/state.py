@@ -15,6 +15,7 @@ Four numbers, each against its competitor measured in the same run:
 4. **Stored state size** at that length for the Jamba pattern vs ``ModelConfig.llama_300m()``
    (serialised bytes; the Llama state is sized from a cache of that length, contents unused).
 
+``--threads N`` sets torch's thread count (on a loaded shared machine 1 is often faster).
 ``--quick`` shrinks every length (a smoke test of the harness; the numbers mean little).
 Times are medians of ``repeats`` runs on whatever else the machine is doing: compare ratios.
 """
@@ -249,6 +250,8 @@ def main(json_output: bool = False, quick: bool = False, plan: dict[str, Any] | 
     from model import load
 
     plan = {**(QUICK if quick else FULL), **(plan or {})}
+    if plan.get("threads"):  # on a shared, loaded box one thread beats two spinning ones
+        torch.set_num_threads(int(plan["threads"]))
     report: dict[str, Any] = {"settings": {**plan, "threads": torch.get_num_threads(), "dtype": "float32"}}
     _progress("loading SmolLM2-135M-Instruct")
     m = load()
@@ -287,4 +290,6 @@ def _print(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv, json_output="--json" in sys.argv)
+    threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else None
+    main(quick="--quick" in sys.argv, json_output="--json" in sys.argv,
+         plan={"threads": int(threads)} if threads else None)

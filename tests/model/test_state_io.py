@@ -117,3 +117,15 @@ def test_smollm2_resumes_a_stored_conversation(smollm2):
     assert err <= TOL
     kw = dict(max_new_tokens=8)
     assert smollm2.resume(state, more, **kw).token_ids == smollm2.generate(history + more, **kw).token_ids
+
+
+@pytest.mark.slow
+def test_bench_state_quick_reports_every_number(smollm2):
+    from maestro.bench.state import main
+
+    report = main(json_output=True, quick=True)
+    c, t, s = report["constrained_decoding"], report["ttft_shared_prefix"], report["stored_state"]
+    assert c["tokens"] > 0 and c["ms_per_token_constrained"] > 0 and c["ms_per_token_unconstrained"] > 0
+    assert min(t["cached_tokens"]) > 0 and t["cache_hits"] >= 1
+    assert s["max_logit_err_vs_uninterrupted"] <= TOL
+    assert s["state_bytes_llama_300m"] > s["state_bytes_jamba"] > 0
