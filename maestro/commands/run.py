@@ -62,6 +62,10 @@ def run(
         typer.Option(help="Mandatory: the answer contains this text (checked by code)."),
     ] = None,
     budget: Annotated[str, typer.Option(help="low | medium | high")] = "low",
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop the run after this many seconds (best answer so far)."),
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Registry name, local path or URL[#name].")
     ] = None,
@@ -84,6 +88,9 @@ def run(
         task, requirement or [], must_contain or [], budget, model, tool or [], url, store,
         workspace, quiet,
     )  # fmt: skip
+    if max_seconds is not None and max_seconds <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--max-seconds")
+    options.max_seconds = max_seconds
     try:
         summary = asyncio.run(_run(options))
     except (CommandError, MaestroError) as exc:
@@ -120,10 +127,11 @@ class _Options:
             url,
         )
         self.store, self.workspace, self.quiet = store, workspace, quiet
+        self.max_seconds: float | None = None
 
 
 async def _run(opts: _Options) -> dict[str, Any]:
-    from maestro import Agent, RunFinished
+    from maestro import Agent, Budget, RunFinished
     from maestro.llm.spec import display_name, resolve_model
 
     model = resolve_model(opts.model)
@@ -133,7 +141,8 @@ async def _run(opts: _Options) -> dict[str, Any]:
         db = await _database(opts, stack) if opts.store or "search" in opts.tools else None
         tools = await _tools(opts, db, stack)
         run_store: RunStore | None = db.runs if (db is not None and opts.store) else None
-        agent = Agent(model, tools=tools, budget=opts.budget, store=run_store, name="maestro-run")
+        budget = Budget.of(opts.budget, max_wall_seconds=opts.max_seconds)
+        agent = Agent(model, tools=tools, budget=budget, store=run_store, name="maestro-run")
         summary: dict[str, Any] | None = None
         async for event in agent.run_stream(opts.task, requirements=_requirements(opts)):
             progress.show(event)
