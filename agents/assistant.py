@@ -23,10 +23,11 @@ Each turn:
 6. **Summary.** When more than ``history_window`` messages follow the last summary, the older
    ones are folded into a new summary, stored in the thread as a ``summary`` message.
 
-TODO(model state): on the embedded engine, store the engine state after each turn
-(``db.states``) and resume from it instead of re-reading the summary and recent messages,
-once the engine's storable state (``model/state_io.py``) and a ``LocalModel`` hook for it
-have landed. Until then the engine's prefix-state cache covers repeated prefixes in one process.
+Prompt layout, for prefix reuse: the system prompt holds the instructions, the core facts and
+the summary — stable from turn to turn — then the conversation, then this turn's recalled
+memories as a second system message just before the new user message. On the embedded engine
+the conversation's model state is stored after each turn and restored by the next session
+(:mod:`agents.assistant_state`), so a new process does not re-read the history.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.assistant_state import ConversationState
 from agents.memory_updates import MemoryUpdate, dedupe, propose_updates
 from maestro import (
     Agent,
@@ -114,6 +116,8 @@ class Assistant:
         self.history_window = history_window
         self.auto_remember = auto_remember
         self.agent = Agent(self.model, tools=tools, budget=budget, name="assistant")
+        self.state = ConversationState(self.model, db, f"{self.thread_id}:state")
+        self.restored_tokens = 0
         self._thread_ready = False
 
     async def ensure_thread(self) -> str:
@@ -140,11 +144,17 @@ class Assistant:
         thread_id = await self.ensure_thread()
         context = await self._context(thread_id)
         profile = await self.db.memory.core_profile(self.user_id)
-        recalled = [
-            hit.item for hit in await self.db.memory.recall(self.user_id, message, self.recall_k)
-        ]
-        self.agent.instructions = self.system_prompt(profile, recalled, context.summary)
-        chat = await self.agent.chat(message, history=_history(context.messages), on_event=on_event)
+        hits = await self.db.memory.recall(self.user_id, message, self.recall_k)
+        recalled = [hit.item for hit in hits]
+        base = SystemMessage(self.system_prompt(profile, context.summary))
+        history: list[Message] = [base, *_history(context.messages)]
+        notes = [m.text for m in recalled if m.kind != "core"]
+        if notes:
+            history.append(
+                SystemMessage("Relevant memories:\n" + "\n".join(f"- {n}" for n in notes))
+            )
+        self.restored_tokens += await self.state.restore()
+        chat = await self.agent.chat(message, history=history, on_event=on_event)
         stored = await self.db.threads.add_messages(
             thread_id,
             [
@@ -160,6 +170,8 @@ class Assistant:
         proposed = dedupe(await propose_updates(self.model, message, chat.answer), known)
         remembered = await self.apply(proposed, stored[0].id) if self.auto_remember else []
         summarized = await self._maybe_summarize(thread_id, context, stored)
+        if not summarized and not self.agent.tools:  # tools change the prompt; a new summary too
+            await self.state.save([base, *_history([*context.messages, *stored])])
         return AssistantReply(
             answer=chat.answer,
             recalled=recalled,
@@ -187,13 +199,12 @@ class Assistant:
             for u in updates
         ]
 
-    def system_prompt(
-        self, profile: dict[str, str], recalled: Sequence[MemoryItem], summary: str
-    ) -> str:
+    def system_prompt(self, profile: dict[str, str], summary: str) -> str:
+        """Instructions, core facts and the summary: the stable head of every prompt."""
         parts = [self.instructions]
-        facts = list(profile.values()) + [m.text for m in recalled if m.kind != "core"]
-        if facts:
-            parts.append("What you know about the user:\n" + "\n".join(f"- {f}" for f in facts))
+        if profile:
+            facts = "\n".join(f"- {fact}" for fact in profile.values())
+            parts.append("What you know about the user:\n" + facts)
         if summary:
             parts.append("Summary of the earlier conversation:\n" + summary)
         return "\n\n".join(parts)

@@ -122,7 +122,8 @@ ASSISTANT_SESSION = textwrap.dedent(
             found = "cat called Miso" in said
             text = "The user has a cat called Miso."
             return json.dumps({"memories": [{"text": text, "label": None}] if found else []})
-        known = [l[2:] for l in messages[0].content.splitlines() if l.startswith("- ")]
+        prompt = "\\n".join(m.content for m in messages if type(m).__name__ == "SystemMessage")
+        known = [l[2:] for l in prompt.splitlines() if l.startswith("- ")]
         return "From memory: " + " ".join(known) if known else "I do not know that yet."
 
     model = FunctionModel(reply)

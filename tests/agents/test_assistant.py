@@ -11,7 +11,7 @@ import pytest
 
 from agents.assistant import Assistant
 from agents.memory_updates import parse_proposals, rule_updates
-from maestro import Message, ModelRequestOptions, UserError
+from maestro import Message, ModelRequestOptions, SystemMessage, UserError
 from maestro.memory import Database
 from maestro.testing import FunctionModel
 
@@ -31,9 +31,8 @@ def context_model(proposals: list[dict[str, object]] | None = None) -> FunctionM
             return json.dumps({"memories": proposals or []})
         if "Summarise" in (messages[0].content or ""):
             return "They talked about hobbies."
-        known = [
-            line[2:] for line in (messages[0].content or "").splitlines() if line.startswith("- ")
-        ]
+        prompt = "\n".join(m.content or "" for m in messages if isinstance(m, SystemMessage))
+        known = [line[2:] for line in prompt.splitlines() if line.startswith("- ")]
         return "Known: " + " | ".join(known) if known else "I don't know."
 
     return FunctionModel(reply)
