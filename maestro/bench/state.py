@@ -76,7 +76,7 @@ def _constrained_overhead(m: Any, plan: dict[str, Any]) -> dict[str, Any]:
     m.generate(ids, max_new_tokens=1)  # caches the whole prompt: the runs below only decode
     mask_seconds: list[float] = []
 
-    class Timed(GrammarProcessor):
+    class Timed(GrammarProcessor):  # type: ignore[misc]
         def __call__(self, generated: Any, logits: Any) -> Any:
             start = time.perf_counter()
             out = super().__call__(generated, logits)
@@ -116,7 +116,7 @@ def _system_prompt(m: Any, tokens: int) -> str:
     while len(m.tokenizer.encode(text, add_special_tokens=False)) < tokens:
         rule += 1
         text += f"{rule}. Answer politely, cite sources and never invent a tool result.\n"
-    return text
+    return str(text)
 
 
 def _ttft(m: Any, plan: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def _state(plan: dict[str, Any]) -> dict[str, Any]:
         blob = snapshot_to_bytes(snap, plan["jamba"], history[0].tolist())
         save_s = time.perf_counter() - start
 
-        def resume() -> torch.Tensor:
+        def resume() -> Any:
             state = snapshot_from_bytes(blob, model)
             fresh = model.new_cache(1, n + k)
             fresh.restore(state.snapshot)
