@@ -74,7 +74,8 @@ def check_plan(plan: Plan, tools: dict[str, Tool], max_steps: int) -> list[str]:
         problems.append(f"step ids must be unique; repeated: {duplicates}")
     known = set(ids)
     for step in plan.steps:
-        step.depends_on = sorted(set(step.depends_on) | references(step.args))
+        # A step never needs its own result; small models write their own id here.
+        step.depends_on = sorted((set(step.depends_on) | references(step.args)) - {step.id})
         if step.tool is not None and step.tool not in tools:
             problems.append(
                 f"step {step.id!r} uses unknown tool {step.tool!r}; "
@@ -206,8 +207,11 @@ def plan_schema(tools: dict[str, Tool], max_steps: int) -> dict[str, Any]:
         # Short ids and notes keep a small model from rambling inside the JSON; these bounds
         # guide decoding only, validation does not enforce them.
         props = variant["properties"]
-        props["id"]["pattern"] = "^[A-Za-z0-9_-]{1,16}$"
-        props["depends_on"]["items"]["pattern"] = "^[A-Za-z0-9_.-]{1,16}$"
+        # Ids come from a fixed list, so a small model cannot depend on a step that does not
+        # exist (it otherwise writes numbers from the task into depends_on).
+        step_ids = [f"s{i}" for i in range(1, max_steps + 1)]
+        props["id"] = {"enum": step_ids, "description": props["id"].get("description", "")}
+        props["depends_on"]["items"] = {"enum": step_ids}
         props["purpose"]["maxLength"] = 160
     schema["$defs"]["PlanStep"] = {"anyOf": variants}
     schema["properties"]["steps"]["maxItems"] = max_steps
