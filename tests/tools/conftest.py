@@ -55,35 +55,19 @@ def fresh_sandbox() -> Iterator[PythonSandbox]:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a Unix socket, or a skip where there is none.
+    """A throwaway PostgreSQL server (the storage tests' ``PgServer``), or a skip where there is none."""
+    from maestro.memory.pgtemp import PgServer, find_bin_dir
 
-    initdb refuses to run as root, so the cluster belongs to the ``postgres`` user.
-    """
-    import glob
-    import os
-    import shutil
-    import subprocess
-    import tempfile
-
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins or os.geteuid() != 0 or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL binaries (or root, to run them as postgres) not available")
-    bindir = os.path.dirname(bins[-1])
-    base = tempfile.mkdtemp(prefix="maestro-pg-")
-    os.chmod(base, 0o755)
-    shutil.chown(base, "postgres", "postgres")
-    data = os.path.join(base, "data")
-
-    def as_postgres(*argv: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True,
-                       capture_output=True, timeout=60)
-
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql, or set MAESTRO_PG_BIN)")
+    server = PgServer(bin_dir)
     try:
-        as_postgres(f"{bindir}/initdb", "-D", data, "-A", "trust", "--no-sync", "-U", "postgres")
-        as_postgres(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{base}/log", "-o",
-                    f"-k {base} -c listen_addresses='' -c fsync=off -p 5439", "start")
-        yield f"postgresql://postgres@/postgres?host={base}&port=5439"
+        server.start()
+    except (RuntimeError, OSError, KeyError) as exc:
+        server.stop()
+        pytest.skip(f"could not start a PostgreSQL server: {exc}")
+    try:
+        yield server.url("postgres")
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", f"{bindir}/pg_ctl", "-D", data,
-                        "-m", "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+        server.stop()
