@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -32,6 +33,21 @@ Seed = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible 
 Dtype = Annotated[str, typer.Option("--dtype", help="Weights dtype: float32 or bfloat16.")]
 
 
+class Quantization(StrEnum):
+    none = "none"
+    int8 = "int8"
+    int4 = "int4"
+
+
+Quantize = Annotated[
+    Quantization,
+    typer.Option(
+        "--quantize", "-q",
+        help="Store linear weights as int8 or int4 (faster CPU decode, small accuracy cost).",
+    ),
+]
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 
@@ -51,12 +67,12 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _load(model: str | None, dtype: str) -> LanguageModel:
+def _load(model: str | None, dtype: str, quantize: str = "none") -> LanguageModel:
     from model import ModelError, load
 
     try:
         with _status("resolving model") as progress:
-            return load(model, dtype=dtype, progress=progress)
+            return load(model, dtype=dtype, quantize=quantize, progress=progress)
     except (ModelError, ValueError) as exc:
         raise _fail(exc) from exc
 
@@ -121,12 +137,13 @@ def generate(
     top_p: TopP = 1.0,
     seed: Seed = None,
     dtype: Dtype = "float32",
+    quantize: Quantize = Quantization.none,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as one user message.")] = False,
 ) -> None:
     """Continue PROMPT, streaming the text to stdout."""
     from model import ModelError
 
-    lm = _load(model, dtype)
+    lm = _load(model, dtype, quantize.value)
     sampling = dict(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:
         if chat:
@@ -149,11 +166,12 @@ def chat(
     temperature: Temperature = 0.0,
     seed: Seed = None,
     dtype: Dtype = "float32",
+    quantize: Quantize = Quantization.none,
 ) -> None:
     """A plain terminal chat. Commands: /reset (forget the conversation), /exit."""
     from model import ModelError
 
-    lm = _load(model, dtype)
+    lm = _load(model, dtype, quantize.value)
     base = [{"role": "system", "content": system}] if system else []
     messages: list[dict[str, str]] = list(base)
     typer.echo(f"chatting with {lm.name} (/reset to forget, /exit or Ctrl-D to quit)", err=True)

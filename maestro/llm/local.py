@@ -139,8 +139,10 @@ class LocalModel(Model):
         constrained: bool = True,
         engine: Any = None,
         prefix_cache_bytes: int = 256 * 2**20,
+        quantize: str = "none",
     ) -> None:
         self.name_or_path = name_or_path
+        self.quantize = quantize  # "none" | "int8" | "int4": weights stored quantised
         self.model_name = name_or_path or "smollm2-135m-instruct"
         self.dtype = dtype
         self.device = device
@@ -170,7 +172,7 @@ class LocalModel(Model):
         try:
             return load(
                 self.name_or_path, dtype=self.dtype, device=self.device,
-                prefix_cache_bytes=self.prefix_cache_bytes,
+                prefix_cache_bytes=self.prefix_cache_bytes, quantize=self.quantize,
             )
         except Exception as exc:
             raise ModelError(f"cannot load {self.model_name!r}: {exc}") from exc

@@ -185,6 +185,11 @@ def test_cli_generate_and_chat_on_a_local_gguf(tiny_llama):
     assert out.stdout == expected + "\n"  # the text only: progress goes to stderr
     bad = runner.invoke(app, ["generate", "--model", path, "--temperature", "-1", "the"])
     assert bad.exit_code != 0
+    expected8 = load(path, quantize="int8").generate("the", max_new_tokens=6, stop_token_ids=[]).text
+    q8 = runner.invoke(app, ["generate", "--model", path, "-n", "6", "--quantize", "int8", "the"])
+    assert q8.exit_code == 0, q8.output
+    assert q8.stdout == expected8 + "\n"
+    assert runner.invoke(app, ["generate", "--model", path, "-q", "int3", "the"]).exit_code == 2
     chat = runner.invoke(app, ["chat", "--model", path, "--max-tokens", "4"], input="hello\n/reset\nagain\n/exit\n")
     assert chat.exit_code == 0, chat.output
     assert "conversation cleared" in chat.output

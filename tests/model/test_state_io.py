@@ -101,6 +101,26 @@ def test_language_model_resume_equals_generating_from_scratch(tiny_llama):
     assert m.resume(blob, **kw).token_ids == m.generate(history, **kw).token_ids
 
 
+def test_load_quantizes_and_keeps_its_states_apart(tiny_llama):
+    from model.quant import QuantLinear
+
+    plain = load(tiny_llama[0])
+    q8 = load(tiny_llama[0], quantize="int8")
+    assert q8.quantization == "int8" and "int8" in repr(q8)
+    assert isinstance(q8.model.layers[0].mixer.q_proj, QuantLinear)
+    assert not isinstance(plain.model.layers[0].mixer.q_proj, QuantLinear)
+    prompt = plain.encode("the the é the")
+    with torch.inference_mode():
+        a = plain.model(torch.tensor([prompt]))
+        b = q8.model(torch.tensor([prompt]))
+    assert 0 < (a - b).abs().max().item() < 0.05  # quantised: close, but not the same numbers
+    # A state of the quantised model is not silently resumed by the float one.
+    with pytest.raises(StateMismatchError, match="int8"):
+        plain.load_state(q8.save_state(prompt))
+    with pytest.raises(ValueError, match="int8, int4"):
+        load(tiny_llama[0], quantize="int3")
+
+
 @pytest.mark.slow
 def test_smollm2_resumes_a_stored_conversation(smollm2):
     messages = [{"role": "user", "content": "Tell me about the moon in two sentences."}]
