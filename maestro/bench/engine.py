@@ -1,25 +1,32 @@
 """``maestro bench engine``: our engine against transformers (and llama.cpp) on the same weights.
 
-Two models:
+Two models, each run by several engines ("ours" in fp32, bf16, int8 or int4 weights;
+transformers; llama.cpp):
 
 - ``jamba-300m``: random weights with Jamba-v0.1's layer pattern (``ModelConfig.jamba_300m``).
   transformers' ``JambaForCausalLM`` is built from a fixed seed and our model is loaded from its
-  state dict, so both run the very same weights.
-- ``smollm2-135m``: the default model's GGUF, dequantised to fp32 by us and by transformers
+  state dict, so both run the very same weights. ``llama-300m``, transformers'
+  ``LlamaForCausalLM`` of about the same size in bf16 (``ModelConfig.llama_300m``), is the
+  transformer the hybrid has to beat.
+- ``smollm2-135m``: the default model's GGUF, dequantised by us and by transformers
   (``gguf_file=``); llama.cpp runs the quantised file itself when ``llama_cpp`` is importable.
 
 ``--quick`` runs a scaled-down Jamba (8 layers, hidden 128) at tiny lengths: a smoke test of
 the harness that needs no download.
 
-Metrics: prefill tokens/s at each prompt length, decode tokens/s after a context of N tokens,
-peak RSS of the process, and cache bytes per token of context (total cache bytes after N tokens
-divided by N; the Mamba state is fixed-size, so a hybrid model's number falls with N).
+Metrics: prefill tokens/s at each prompt length; decode tokens/s after a context of N tokens
+(measured right after the N-token prefill); cache bytes per token of context (total cache bytes
+after N tokens divided by N; the Mamba state is fixed-size, so a hybrid's number falls with N),
+and the cache a 32k-token context would hold, extrapolated linearly from two measured lengths;
+the decode bandwidth bound (bytes of the weights one token reads / this machine's read
+bandwidth, measured in the same run); peak RSS of a process that loads one engine and prefills
+the longest prompt.
 
-Speed is measured with ours and transformers loaded in one process and run alternately on the
-same inputs (median of ``reps``), so a change in machine load hits both; peak RSS is measured
-in a separate subprocess per engine (load plus one prefill and a few decode steps), so it
-belongs to one engine only. ``ratio`` is ours/baseline for speeds and baseline/ours for memory:
-> 1 always means we are better.
+Speed is measured with all of a model's engines loaded in one process and run alternately on
+the same inputs (median of ``reps``), so a change in machine load hits every engine; peak RSS
+is measured in a separate subprocess per engine, so it belongs to one engine only. ``ratio`` is
+ours/baseline for speeds and baseline/ours for memory: > 1 always means we are better.
+Comparisons that the Kernels issue sets a goal for carry a ``target`` ratio.
 """
 
 from __future__ import annotations
@@ -38,7 +45,17 @@ from maestro.bench import machine_info
 
 FULL = {"prefill": [512, 2048, 8192], "decode_after": [512, 8192], "steps": 16, "reps": 3}
 QUICK = {"prefill": [32, 64], "decode_after": [32], "steps": 4, "reps": 1}
+LONG_CONTEXT = 32768  # the context the cache comparison is extrapolated to
 _SEED = 1234
+
+# Engines per model, as "implementation/weights". The first is the one whose peak RSS and
+# cache are compared with the second.
+ENGINES = {
+    "jamba-quick": ["ours/fp32", "transformers/fp32", "ours/int8"],
+    "jamba-300m": ["ours/fp32", "transformers/fp32", "ours/bf16", "ours/int8", "llama-300m/bf16"],
+    "smollm2-135m": ["ours/fp32", "transformers/fp32", "ours/int8", "ours/int4", "transformers/bf16"],
+}
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 # ------------------------------------------------------------------------------- the workers
@@ -62,6 +79,21 @@ def _jamba_hf_config(quick: bool) -> dict[str, Any]:
         "mamba_d_conv": cfg.mamba_d_conv, "mamba_expand": cfg.mamba_expand,
         "max_position_embeddings": 16384, "tie_word_embeddings": False,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    }
+
+
+def _llama_hf_config() -> dict[str, Any]:
+    """HF LlamaConfig kwargs of ``ModelConfig.llama_300m`` (the same-size transformer)."""
+    from model.config import ModelConfig
+
+    cfg = ModelConfig.llama_300m()
+    return {
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+        "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings, "tie_word_embeddings": False,
     }
 
 
@@ -115,35 +147,61 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
+def _read_bandwidth() -> float:
+    """Bytes/s this process reads from memory (best of 5 sums over a 1 GiB fp32 tensor)."""
+    import torch
+
+    data = torch.ones(2**28)
+    best = min(_timed(data.sum) for _ in range(5))
+    return data.nbytes / best
+
+
+def _decode_weight_bytes(model: Any) -> int:
+    """Bytes of weights one decode step reads: everything but the embedding table (one row is
+    read) and the experts a token is not routed to (top-k of E)."""
+    from model.quant import weight_bytes
+
+    total = weight_bytes(model)
+    embedding = model.embed_tokens.weight
+    if getattr(model.lm_head, "weight", None) is not embedding:
+        total -= embedding.nbytes
+    config = model.config
+    if config.num_experts > 1:
+        unused = 1 - config.num_experts_per_tok / config.num_experts
+        for block in model.layers:
+            if hasattr(block.ffn, "router"):
+                expert_bytes = weight_bytes(block.ffn) - weight_bytes(block.ffn.router)
+                total -= int(unused * expert_bytes)
+    return int(total)
+
+
 class _Ours:
     """Our engine: prefill in chunks exactly as ``model.generate`` does, decode one token a step."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def _prefill(self, ids: Any, cache: Any) -> None:
-        from model.generate import PREFILL_CHUNK
-
-        for start in range(0, ids.shape[1], PREFILL_CHUNK):
-            self.model(ids[:, start : start + PREFILL_CHUNK], cache=cache)
-
-    def prefill(self, ids: Any) -> float:
-        cache = self.model.new_cache(1, ids.shape[1])
-        return _timed(lambda: self._prefill(ids, cache))
-
-    def decode(self, ids: Any, steps: int) -> tuple[float, int]:
+    def run(self, ids: Any, steps: int) -> tuple[float, float, int]:
+        """(prefill seconds, seconds for ``steps`` decode steps after it, cache bytes after ids)."""
         import torch
 
+        from model.generate import PREFILL_CHUNK
+
         cache = self.model.new_cache(1, ids.shape[1] + steps + 1)
-        self._prefill(ids, cache)
+
+        def prefill() -> None:
+            for start in range(0, ids.shape[1], PREFILL_CHUNK):
+                self.model(ids[:, start : start + PREFILL_CHUNK], cache=cache, logits_to_keep=1)
+
+        prefill_s = _timed(prefill)
         nbytes = cache.snapshot().nbytes()
         token = torch.tensor([[5]])
 
-        def run() -> None:
+        def decode() -> None:
             for _ in range(steps):
                 self.model(token, cache=cache)
 
-        return _timed(run), nbytes
+        return prefill_s, _timed(decode), nbytes
 
 
 class _Transformers:
@@ -152,30 +210,29 @@ class _Transformers:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def prefill(self, ids: Any) -> float:
-        return _timed(lambda: self.model(ids, use_cache=True, logits_to_keep=1))
-
-    def decode(self, ids: Any, steps: int) -> tuple[float, int]:
+    def run(self, ids: Any, steps: int) -> tuple[float, float, int]:
         import torch
 
-        past = self.model(ids, use_cache=True, logits_to_keep=1).past_key_values
+        out: list[Any] = []
+        prefill_s = _timed(lambda: out.append(self.model(ids, use_cache=True, logits_to_keep=1)))
+        past = out[0].past_key_values
         nbytes = _cache_nbytes(past)
         token = torch.tensor([[5]])
 
-        def run() -> None:
+        def decode() -> None:
             p = past
             for _ in range(steps):
                 p = self.model(token, past_key_values=p, use_cache=True, logits_to_keep=1).past_key_values
 
-        return _timed(run), nbytes
+        return prefill_s, _timed(decode), nbytes
 
 
 def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> dict[str, Any]:
     """Measure every engine on the same inputs, alternating engines within each repetition.
 
     Alternating (and taking the median of ``reps``) keeps a change in machine load from landing
-    on one engine only: both see the same conditions, so the ratio stays meaningful on a
-    shared machine.
+    on one engine only: all see the same conditions, so the ratios stay meaningful on a
+    shared machine. Decode is timed right after the prefill of the same prompt.
     """
     import statistics
 
@@ -189,26 +246,23 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
     with torch.inference_mode():
         warm = torch.randint(0, vocab, (1, plan["prefill"][0]), generator=gen)
         for engine in engines.values():  # allocator, thread pools, kernels compiled on first use
-            engine.prefill(warm)
-            engine.decode(warm[:, :8], 2)
-        for length in plan["prefill"]:
+            engine.run(warm, 2)
+        for length in sorted(set(plan["prefill"]) | set(plan["decode_after"])):
             ids = torch.randint(0, vocab, (1, length), generator=gen)
-            times: dict[str, list[float]] = {name: [] for name in engines}
+            prefill: dict[str, list[float]] = {name: [] for name in engines}
+            decode: dict[str, list[float]] = {name: [] for name in engines}
+            with_decode = length in plan["decode_after"]
             for _ in range(reps):
                 for name, engine in engines.items():
-                    times[name].append(engine.prefill(ids))
-            for name in engines:
-                out[name]["prefill"][length] = length / statistics.median(times[name])
-        for length in plan["decode_after"]:
-            ids = torch.randint(0, vocab, (1, length), generator=gen)
-            times = {name: [] for name in engines}
-            for _ in range(reps):
-                for name, engine in engines.items():
-                    seconds, nbytes = engine.decode(ids, steps)
-                    times[name].append(seconds)
+                    prefill_s, decode_s, nbytes = engine.run(ids, steps if with_decode else 0)
+                    prefill[name].append(prefill_s)
+                    decode[name].append(decode_s)
                     out[name]["cache_bytes_per_token"][length] = nbytes / length
             for name in engines:
-                out[name]["decode"][length] = steps / statistics.median(times[name])
+                if length in plan["prefill"]:
+                    out[name]["prefill"][length] = length / statistics.median(prefill[name])
+                if with_decode:
+                    out[name]["decode"][length] = steps / statistics.median(decode[name])
     return out
 
 
@@ -218,57 +272,74 @@ def _run_llama_cpp(path: Path, plan: dict[str, Any]) -> dict[str, Any]:
     threads = int(os.environ.get("MAESTRO_BENCH_THREADS", "0")) or os.cpu_count() or 1
     longest = max(plan["prefill"] + plan["decode_after"]) + plan["steps"] + 8
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=longest, n_threads=threads,
-                          n_batch=512, verbose=False)
+                          n_threads_batch=threads, n_batch=512, verbose=False)
     out: dict[str, Any] = {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}}
-    for length in plan["prefill"]:
-        llm.reset()
+    for length in sorted(set(plan["prefill"]) | set(plan["decode_after"])):
         tokens = [(i * 7919) % 40000 + 100 for i in range(length)]
-        out["prefill"][length] = length / _timed(lambda t=tokens: llm.eval(t))
-    for length in plan["decode_after"]:
-        llm.reset()
-        llm.eval([(i * 7919) % 40000 + 100 for i in range(length)])
+        prefill, decode = [], []
+        for _ in range(plan.get("reps", 1)):
+            llm.reset()
+            prefill.append(_timed(lambda t=tokens: llm.eval(t)))
 
-        def decode() -> None:
-            for _ in range(plan["steps"]):
-                llm.eval([5])
+            def steps() -> None:
+                for _ in range(plan["steps"]):
+                    llm.eval([5])
 
-        out["decode"][length] = plan["steps"] / _timed(decode)
+            decode.append(_timed(steps))
+        if length in plan["prefill"]:
+            out["prefill"][length] = length / sorted(prefill)[len(prefill) // 2]
+        if length in plan["decode_after"]:
+            out["decode"][length] = plan["steps"] / sorted(decode)[len(decode) // 2]
     return out
 
 
-def _load(which: str, impl: str, spec: dict[str, Any], shared: Any = None) -> tuple[Any, int]:
-    """(model, vocab size) of one benchmark model in one engine.
+def _load(which: str, engine: str, spec: dict[str, Any], shared: Any = None) -> tuple[Any, int]:
+    """(model, vocab size) of one benchmark model in one engine ("impl/weights").
 
-    For the Jamba model ``shared`` is transformers' module: ours is built from its state dict,
-    so both engines run the very same (seeded, random) weights.
+    For the Jamba model ``shared`` is transformers' fp32 module: ours is built from its state
+    dict, so all engines run the very same (seeded, random) weights.
     """
     import torch
 
+    impl, weights = engine.split("/")
+    dtype = getattr(torch, _DTYPES.get(weights, "float32"))
+    if impl == "llama-300m":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(_SEED)
+        llama: Any = LlamaForCausalLM(LlamaConfig(**_llama_hf_config())).to(dtype)
+        return llama.eval(), llama.config.vocab_size
     if which.startswith("jamba"):
         hf_model, hf_cfg = shared if shared is not None else _hf_jamba(spec["quick"])
         if impl == "transformers":
-            return hf_model, hf_cfg["vocab_size"]
+            return hf_model.to(dtype), hf_cfg["vocab_size"]
         from model.config import ModelConfig
         from model.hf import build_model
 
         config = ModelConfig.from_hf_config(hf_cfg)
-        return build_model(config, dict(hf_model.state_dict()), torch.float32, "cpu"), hf_cfg["vocab_size"]
-    path = Path(spec["gguf"])
-    if impl == "ours":
+        state = {k: v.to(dtype) for k, v in hf_model.state_dict().items()}
+        ours = build_model(config, state, dtype, "cpu")
+    else:
+        path = Path(spec["gguf"])
+        if impl == "transformers":
+            from transformers import AutoModelForCausalLM
+
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=dtype
+            )
+            return model.eval(), model.config.vocab_size
         from model.gguf import load_gguf
 
-        return load_gguf(path, torch.float32)[0], 49152
-    from transformers import AutoModelForCausalLM
+        ours = load_gguf(path, dtype)[0]
+    if weights in ("int8", "int4"):
+        from model.quant import quantize_
 
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
-    model.eval()
-    return model, 49152
+        quantize_(ours, weights)
+    return ours.eval(), ours.config.vocab_size
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs in a subprocess. ``mode == "speed"``: ours and transformers in one process,
+    """Runs in a subprocess. ``mode == "speed"``: all of a model's engines in one process,
     measured alternately. ``mode == "memory"``: one engine alone, for its peak RSS."""
     import torch
 
@@ -276,25 +347,36 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     plan, which = spec["plan"], spec["model"]
-    if spec["impl"] == "llama.cpp":
+    if spec["engine"] == "llama.cpp/Q4_1":
         start = time.perf_counter()
         result = _run_llama_cpp(Path(spec["gguf"]), plan)
         return {**result, "load_s": time.perf_counter() - start, "peak_rss": _peak_rss()}
     if spec["mode"] == "speed":
         shared = _hf_jamba(spec["quick"]) if which.startswith("jamba") else None
-        ours, vocab = _load(which, "ours", spec, shared)
-        theirs, _ = _load(which, "transformers", spec, shared)
-        return _interleaved({"ours": _Ours(ours), "transformers": _Transformers(theirs)}, vocab, plan)
+        models: dict[str, Any] = {}
+        # transformers' fp32 Jamba last: ours are built from its weights before it may be cast.
+        for name in sorted(ENGINES[which], key=lambda e: e == "transformers/fp32"):
+            models[name], vocab = _load(which, name, spec, shared)
+        engines = {
+            name: _Ours(m) if name.startswith("ours") else _Transformers(m) for name, m in models.items()
+        }
+        result = _interleaved({name: engines[name] for name in ENGINES[which]}, vocab, plan)
+        result["bandwidth_bytes_per_s"] = _read_bandwidth()
+        for name, m in models.items():
+            if name.startswith("ours"):
+                result[name]["decode_weight_bytes"] = _decode_weight_bytes(m)
+        return result
     before = _peak_rss()
     start = time.perf_counter()
-    model, vocab = _load(which, spec["impl"], spec)
+    model, vocab = _load(which, spec["engine"], spec)
     load_s = time.perf_counter() - start
-    engine = _Ours(model) if spec["impl"] == "ours" else _Transformers(model)
+    engine = _Ours(model) if spec["engine"].startswith("ours") else _Transformers(model)
+    length = max(plan["prefill"])
     with torch.inference_mode():  # one real workload, so activations and caches count too
-        engine.decode(torch.randint(0, vocab, (1, plan["prefill"][0])), plan["steps"])
+        engine.run(torch.randint(0, vocab, (1, length)), plan["steps"])
     return {
         "load_s": load_s, "peak_rss": _peak_rss(), "rss_before_load": before,
-        "params": sum(p.numel() for p in model.parameters()),
+        "rss_prompt_tokens": length, "params": sum(p.numel() for p in model.parameters()),
     }
 
 
@@ -310,36 +392,127 @@ def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
     )
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT@@"):
-            result: dict[str, Any] = json.loads(line.removeprefix("@@RESULT@@"))
+            result: dict[str, Any] = _int_keys(json.loads(line.removeprefix("@@RESULT@@")))
             return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
 
 
+def _int_keys(value: Any) -> Any:
+    """JSON turned the token-count keys into strings; turn them back."""
+    if isinstance(value, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in value.items()}
+    return value
+
+
 # ----------------------------------------------------------------------------- orchestration
 
 
-def _comparisons(model: str, ours: dict[str, Any], base: dict[str, Any], base_name: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if "error" in ours or "error" in base:
-        return rows
+class _Rows:
+    """The ``comparisons`` list: {name, unit, ours, baseline, baseline_name, ratio[, target]}."""
 
-    def add(name: str, unit: str, a: float | None, b: float | None, higher_better: bool) -> None:
-        if a is None or b is None or a <= 0 or b <= 0:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, name: str, unit: str, ours: float | None, base: float | None, base_name: str,
+            higher_better: bool = True, target: float | None = None) -> None:
+        if ours is None or base is None or ours <= 0 or base <= 0:
             return
-        ratio = a / b if higher_better else b / a
-        rows.append({"name": f"{model} {name}", "unit": unit, "ours": round(a, 3),
-                     "baseline": round(b, 3), "baseline_name": base_name, "ratio": round(ratio, 3)})
+        ratio = ours / base if higher_better else base / ours
+        row = {"name": name, "unit": unit, "ours": round(ours, 3), "baseline": round(base, 3),
+               "baseline_name": base_name, "ratio": round(ratio, 3)}
+        if target is not None:
+            row["target"] = target
+        self.rows.append(row)
 
-    for length, value in ours["prefill"].items():
-        add(f"prefill@{length}", "tok/s", value, base["prefill"].get(length), True)
-    for length, value in ours["decode"].items():
-        add(f"decode after {length}", "tok/s", value, base["decode"].get(length), True)
-    for length, value in ours["cache_bytes_per_token"].items():
-        add(f"cache bytes/token @{length}", "B/token", value,
-            base["cache_bytes_per_token"].get(length), False)
-    add("peak RSS", "MiB", ours["peak_rss"] / 2**20, base["peak_rss"] / 2**20, False)
-    return rows
+
+def _at(result: dict[str, Any], metric: str, length: int) -> float | None:
+    value = result.get(metric, {}).get(length)
+    return None if value is None else float(value)
+
+
+def _long_context_bytes(result: dict[str, Any], lengths: list[int]) -> float | None:
+    """Cache bytes at LONG_CONTEXT, on the line through the two longest measured lengths."""
+    per_token = result.get("cache_bytes_per_token", {})
+    if len(lengths) < 2:
+        return None
+    short, long = sorted(lengths)[-2:]
+    if short not in per_token or long not in per_token:
+        return None
+    a, b = per_token[short] * short, per_token[long] * long
+    slope = (b - a) / (long - short)
+    return float(b + slope * (LONG_CONTEXT - long))
+
+
+def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = _Rows()
+    get = results.get
+    ours, hf = get(f"{model}/ours/fp32", {}), get(f"{model}/transformers/fp32", {})
+    lengths = sorted(plan["prefill"])
+    longer = [n for n in lengths if n >= 2048]
+    for n in lengths:
+        rows.add(f"{model} prefill@{n} fp32", "tok/s", _at(ours, "prefill", n), _at(hf, "prefill", n),
+                 "transformers fp32", target=3.0 if model == "jamba-300m" and n in longer else None)
+    for n in plan["decode_after"]:
+        rows.add(f"{model} decode after {n} fp32", "tok/s", _at(ours, "decode", n),
+                 _at(hf, "decode", n), "transformers fp32")
+        rows.add(f"{model} cache bytes/token @{n}", "B/token", _at(ours, "cache_bytes_per_token", n),
+                 _at(hf, "cache_bytes_per_token", n), "transformers fp32", higher_better=False)
+    first, last = min(plan["decode_after"]), max(plan["decode_after"])
+    if last != first:
+        rows.add(f"{model} decode after {last} vs after {first} (ours fp32)", "tok/s",
+                 _at(ours, "decode", last), _at(ours, "decode", first), f"ours after {first}",
+                 target=0.9 if model == "jamba-300m" else None)
+    bandwidth = get(f"{model}/speed", {}).get("bandwidth_bytes_per_s")
+    weight_bytes = ours.get("decode_weight_bytes")
+    if bandwidth and weight_bytes:
+        rows.add(f"{model} decode after {first} fp32 vs bandwidth bound", "tok/s",
+                 _at(ours, "decode", first), bandwidth / weight_bytes,
+                 f"bound ({bandwidth / 1e9:.1f} GB/s / {weight_bytes / 2**20:.0f} MiB)",
+                 target=0.9 if model == "jamba-300m" else None)
+    for bits in ("int8", "int4"):
+        quant = get(f"{model}/ours/{bits}")
+        if quant is None:
+            continue
+        for n in plan["decode_after"]:
+            rows.add(f"{model} decode after {n} {bits}", "tok/s", _at(quant, "decode", n),
+                     _at(hf, "decode", n), "transformers fp32",
+                     target=3.0 if model == "jamba-300m" and bits == "int8" else None)
+            cpp = get(f"{model}/llama.cpp/Q4_1")
+            if cpp is not None:
+                rows.add(f"{model} decode after {n} {bits}", "tok/s", _at(quant, "decode", n),
+                         _at(cpp, "decode", n), "llama.cpp Q4_1", target=1.0)
+    if model == "jamba-300m":
+        bf16, llama = get(f"{model}/ours/bf16", {}), get(f"{model}/llama-300m/bf16", {})
+        for n in lengths:
+            rows.add(f"{model} prefill@{n} bf16", "tok/s", _at(bf16, "prefill", n),
+                     _at(llama, "prefill", n), "transformers Llama-300M bf16",
+                     target=1.0 if n == max(lengths) else None)
+        rows.add(f"{model} cache @{LONG_CONTEXT} tokens bf16", "MiB",
+                 _mib(_long_context_bytes(bf16, plan["decode_after"])),
+                 _mib(_long_context_bytes(llama, plan["decode_after"])),
+                 "transformers Llama-300M bf16", higher_better=False, target=6.0)
+    if model == "smollm2-135m":
+        hf16, cpp = get(f"{model}/transformers/bf16", {}), get(f"{model}/llama.cpp/Q4_1", {})
+        best = max(
+            (name for name in ENGINES[model] if name.startswith("ours")),
+            key=lambda name: _at(get(f"{model}/{name}", {}), "prefill", lengths[0]) or 0.0,
+        )
+        for base, base_name in ((hf16, "transformers bf16"), (cpp, "llama.cpp Q4_1")):
+            rows.add(f"{model} prefill@{lengths[0]} (ours {best.split('/')[1]})", "tok/s",
+                     _at(get(f"{model}/{best}", {}), "prefill", lengths[0]),
+                     _at(base, "prefill", lengths[0]), base_name, target=1.0)
+    peak = results.get(f"{model}/ours/fp32/memory", {}).get("peak_rss")
+    hf_peak = results.get(f"{model}/transformers/fp32/memory", {}).get("peak_rss")
+    if peak and hf_peak:
+        prompt = results[f"{model}/ours/fp32/memory"]["rss_prompt_tokens"]
+        rows.add(f"{model} peak RSS (load + {prompt}-token prefill)", "MiB", peak / 2**20,
+                 hf_peak / 2**20, "transformers fp32", higher_better=False)
+    return rows.rows
+
+
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -347,12 +520,16 @@ def _print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="maestro bench engine (ratio > 1: we are better)")
-    for col in ("metric", "unit", "ours", "baseline", "vs", "ratio"):
-        table.add_column(col, justify="right" if col in ("ours", "baseline", "ratio") else "left")
+    for col in ("metric", "unit", "ours", "baseline", "vs", "ratio", "target"):
+        table.add_column(col, justify="right" if col in ("ours", "baseline", "ratio", "target") else "left")
     for row in report["comparisons"]:
+        target = row.get("target")
+        mark = "" if target is None else f"{target:g} " + ("ok" if row["ratio"] >= target else "MISSED")
         table.add_row(row["name"], row["unit"], f"{row['ours']:.1f}", f"{row['baseline']:.1f}",
-                      row["baseline_name"], f"{row['ratio']:.2f}")
+                      row["baseline_name"], f"{row['ratio']:.2f}", mark)
     console = Console()
+    if not console.is_terminal:  # a log file: do not wrap the metric names
+        console = Console(width=160)
     console.print(table)
     for error in report["errors"]:
         console.print(f"[yellow]skipped:[/yellow] {error}")
@@ -360,22 +537,35 @@ def _print_table(report: dict[str, Any]) -> None:
     console.print(f"machine: {json.dumps(report['machine'])}")
 
 
+def _plan_for(model: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan with lengths capped to the model's context (SmolLM2 holds 8192 tokens)."""
+    if model != "smollm2-135m":
+        return plan
+    room = 8192 - plan["steps"] - 8
+    return {**plan, "prefill": sorted({min(n, room) for n in plan["prefill"]}),
+            "decode_after": sorted({min(n, room) for n in plan["decode_after"]})}
+
+
 def main(
-    json_output: bool = False, quick: bool = False, plan: dict[str, Any] | None = None
+    json_output: bool = False, quick: bool = False, plan: dict[str, Any] | None = None,
+    models: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; print a table (or nothing with ``json_output``) and return the report.
 
-    ``plan`` overrides the lengths (keys as in ``FULL``), e.g. for a shorter run on a busy box.
+    ``plan`` overrides the lengths (keys as in ``FULL``), e.g. for a shorter run on a busy box;
+    ``models`` picks some of ``jamba-300m`` and ``smollm2-135m``.
     """
     import importlib.metadata as md
 
     from model.registry import DEFAULT_MODEL, pull
 
-    plan = plan or (QUICK if quick else FULL)
+    base_plan = plan or (QUICK if quick else FULL)
     # --quick is a smoke test of the harness: the tiny Jamba only (seconds, no download).
-    models = ("jamba-quick",) if quick else ("jamba-300m", "smollm2-135m")
+    models = ("jamba-quick",) if quick else (models or ("jamba-300m", "smollm2-135m"))
+    unknown = set(models) - set(ENGINES)
+    if unknown:
+        raise ValueError(f"unknown benchmark model(s) {sorted(unknown)}; choose from {sorted(ENGINES)}")
     gguf_path = pull(DEFAULT_MODEL) if "smollm2-135m" in models else None
-    impls = ["ours", "transformers"]
     try:
         import llama_cpp  # noqa: F401
 
@@ -384,12 +574,14 @@ def main(
         has_llama_cpp = False
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
+    plans = {name: _plan_for(name, base_plan) for name in models}
 
-    def spawn(spec: dict[str, Any]) -> dict[str, Any]:
+    def spawn(model_name: str, engine: str, mode: str) -> dict[str, Any]:
         started = time.perf_counter()
-        result = _spawn({**spec, "plan": plan, "quick": quick, "gguf": str(gguf_path)})
+        result = _spawn({"model": model_name, "engine": engine, "mode": mode,
+                         "plan": plans[model_name], "quick": quick, "gguf": str(gguf_path)})
         # progress on stderr, so a long run shows life and --json stdout stays one object
-        label = f"{spec['model']}/{spec['impl']} ({spec['mode']})"
+        label = f"{model_name}/{engine} ({mode})"
         print(f"bench engine: {label} done in {time.perf_counter() - started:.0f} s",
               file=sys.stderr, flush=True)
         if "error" in result:
@@ -397,25 +589,20 @@ def main(
         return result
 
     for model_name in models:
-        speed = spawn({"model": model_name, "impl": "ours+transformers", "mode": "speed"})
-        for impl in impls:
-            memory = spawn({"model": model_name, "impl": impl, "mode": "memory"})
-            if "error" in speed or "error" in memory:
-                results[f"{model_name}/{impl}"] = {"error": speed.get("error") or memory.get("error")}
-            else:
-                results[f"{model_name}/{impl}"] = {**speed[impl], **memory}
+        speed = spawn(model_name, "all", "speed")
+        if "error" not in speed:
+            results[f"{model_name}/speed"] = {"bandwidth_bytes_per_s": speed.pop("bandwidth_bytes_per_s")}
+            for engine, measured in speed.items():
+                results[f"{model_name}/{engine}"] = measured
+        for engine in ENGINES[model_name][:2]:
+            results[f"{model_name}/{engine}/memory"] = spawn(model_name, engine, "memory")
         if model_name == "smollm2-135m" and has_llama_cpp:
-            results[f"{model_name}/llama.cpp"] = spawn(
-                {"model": model_name, "impl": "llama.cpp", "mode": "memory"}
-            )
+            results[f"{model_name}/llama.cpp/Q4_1"] = spawn(model_name, "llama.cpp/Q4_1", "speed")
     if not has_llama_cpp and not quick:
         errors.append("llama.cpp: llama_cpp (llama-cpp-python) is not installed")
     comparisons: list[dict[str, Any]] = []
     for model_name in models:
-        ours = results[f"{model_name}/ours"]
-        for impl in ("transformers", "llama.cpp"):
-            if f"{model_name}/{impl}" in results:
-                comparisons += _comparisons(model_name, ours, results[f"{model_name}/{impl}"], impl)
+        comparisons += _comparisons(model_name, results, plans[model_name])
     machine = machine_info()
     for package in ("torch", "transformers", "gguf", "llama_cpp_python"):
         with contextlib.suppress(md.PackageNotFoundError):
@@ -425,7 +612,8 @@ def main(
     report = {
         "benchmark": "engine",
         "quick": quick,
-        "settings": {**plan, "dtype": "float32", "threads": int(os.environ.get("MAESTRO_BENCH_THREADS", "0"))
+        "settings": {"plans": plans, "engines": {m: ENGINES[m] for m in models},
+                     "threads": int(os.environ.get("MAESTRO_BENCH_THREADS", "0"))
                      or torch.get_num_threads(), "jamba_config": _jamba_hf_config(quick)},
         "machine": machine,
         "comparisons": comparisons,

@@ -35,10 +35,17 @@ def test_bench_engine_quick_reports_comparisons():
 
     report = main(json_output=True, quick=True)
     assert not report["errors"], report["errors"]
-    names = {row["name"] for row in report["comparisons"]}
-    assert {"jamba-quick prefill@64", "jamba-quick decode after 32", "jamba-quick peak RSS",
-            "jamba-quick cache bytes/token @32"} <= names
-    for row in report["comparisons"]:
-        assert set(row) == {"name", "unit", "ours", "baseline", "baseline_name", "ratio"}
-        assert row["ours"] > 0 and row["baseline"] > 0 and row["baseline_name"] == "transformers"
+    rows = {row["name"]: row for row in report["comparisons"]}
+    assert {"jamba-quick prefill@64 fp32", "jamba-quick decode after 32 fp32",
+            "jamba-quick decode after 32 int8", "jamba-quick cache bytes/token @32",
+            "jamba-quick decode after 32 fp32 vs bandwidth bound"} <= set(rows)
+    assert any(name.startswith("jamba-quick peak RSS") for name in rows)
+    for row in rows.values():
+        assert {"name", "unit", "ours", "baseline", "baseline_name", "ratio"} <= set(row) <= {
+            "name", "unit", "ours", "baseline", "baseline_name", "ratio", "target"}
+        assert row["ours"] > 0 and row["baseline"] > 0
+        higher = row["unit"] == "tok/s"
+        expected = row["ours"] / row["baseline"] if higher else row["baseline"] / row["ours"]
+        assert row["ratio"] == pytest.approx(expected, rel=0.01)
+    assert rows["jamba-quick prefill@64 fp32"]["baseline_name"] == "transformers fp32"
     assert report["machine"]["torch_version"]
