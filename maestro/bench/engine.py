@@ -49,13 +49,32 @@ LONG_CONTEXT = 32768  # the context the cache comparison is extrapolated to
 _SEED = 1234
 
 # Engines per model, as "implementation/weights". The first is the one whose peak RSS and
-# cache are compared with the second.
+# cache are compared with the second. bf16 engines run only where the CPU multiplies bf16
+# natively (see _engines).
 ENGINES = {
     "jamba-quick": ["ours/fp32", "transformers/fp32", "ours/int8"],
-    "jamba-300m": ["ours/fp32", "transformers/fp32", "ours/bf16", "ours/int8", "llama-300m/bf16"],
+    "jamba-300m": ["ours/fp32", "transformers/fp32", "ours/int8", "llama-300m/fp32", "ours/bf16",
+                   "llama-300m/bf16"],
     "smollm2-135m": ["ours/fp32", "transformers/fp32", "ours/int8", "ours/int4", "transformers/bf16"],
 }
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Without it PyTorch's
+    bf16 matmul is emulated: measured 0.8 GFLOP/s on an AVX2 EPYC against 48 in fp32, so bf16
+    runs would take hours and say nothing about the engine."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+
+
+def _engines(model: str) -> list[str]:
+    return [e for e in ENGINES[model] if native_bf16() or not e.endswith("/bf16")]
 
 
 # ------------------------------------------------------------------------------- the workers
@@ -271,7 +290,7 @@ def _run_llama_cpp(path: Path, plan: dict[str, Any]) -> dict[str, Any]:
 
     threads = int(os.environ.get("MAESTRO_BENCH_THREADS", "0")) or os.cpu_count() or 1
     longest = max(plan["prefill"] + plan["decode_after"]) + plan["steps"] + 8
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=longest, n_threads=threads,
+    llm: Any = llama_cpp.Llama(model_path=str(path), n_ctx=longest, n_threads=threads,
                           n_threads_batch=threads, n_batch=512, verbose=False)
     out: dict[str, Any] = {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}}
     for length in sorted(set(plan["prefill"]) | set(plan["decode_after"])):
@@ -355,12 +374,12 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         shared = _hf_jamba(spec["quick"]) if which.startswith("jamba") else None
         models: dict[str, Any] = {}
         # transformers' fp32 Jamba last: ours are built from its weights before it may be cast.
-        for name in sorted(ENGINES[which], key=lambda e: e == "transformers/fp32"):
+        for name in sorted(_engines(which), key=lambda e: e == "transformers/fp32"):
             models[name], vocab = _load(which, name, spec, shared)
         engines = {
             name: _Ours(m) if name.startswith("ours") else _Transformers(m) for name, m in models.items()
         }
-        result = _interleaved({name: engines[name] for name in ENGINES[which]}, vocab, plan)
+        result = _interleaved({name: engines[name] for name in _engines(which)}, vocab, plan)
         result["bandwidth_bytes_per_s"] = _read_bandwidth()
         for name, m in models.items():
             if name.startswith("ours"):
@@ -482,20 +501,27 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
             if cpp is not None:
                 rows.add(f"{model} decode after {n} {bits}", "tok/s", _at(quant, "decode", n),
                          _at(cpp, "decode", n), "llama.cpp Q4_1", target=1.0)
-    if model == "jamba-300m":
-        bf16, llama = get(f"{model}/ours/bf16", {}), get(f"{model}/llama-300m/bf16", {})
-        for n in lengths:
-            rows.add(f"{model} prefill@{n} bf16", "tok/s", _at(bf16, "prefill", n),
-                     _at(llama, "prefill", n), "transformers Llama-300M bf16",
-                     target=1.0 if n == max(lengths) else None)
-        rows.add(f"{model} cache @{LONG_CONTEXT} tokens bf16", "MiB",
-                 _mib(_long_context_bytes(bf16, plan["decode_after"])),
-                 _mib(_long_context_bytes(llama, plan["decode_after"])),
-                 "transformers Llama-300M bf16", higher_better=False, target=6.0)
+    if model == "jamba-300m":  # the hybrid against the same-size transformer
+        for dtype in ("fp32", "bf16"):
+            hybrid, llama = get(f"{model}/ours/{dtype}"), get(f"{model}/llama-300m/{dtype}")
+            if hybrid is None or llama is None:
+                continue
+            for n in lengths:
+                rows.add(f"{model} prefill@{n} {dtype} vs Llama", "tok/s", _at(hybrid, "prefill", n),
+                         _at(llama, "prefill", n), f"transformers Llama-300M {dtype}",
+                         target=1.0 if n == max(lengths) else None)
+            for n in plan["decode_after"]:
+                rows.add(f"{model} decode after {n} {dtype} vs Llama", "tok/s",
+                         _at(hybrid, "decode", n), _at(llama, "decode", n),
+                         f"transformers Llama-300M {dtype}")
+            rows.add(f"{model} cache @{LONG_CONTEXT} tokens {dtype}", "MiB",
+                     _mib(_long_context_bytes(hybrid, plan["decode_after"])),
+                     _mib(_long_context_bytes(llama, plan["decode_after"])),
+                     f"transformers Llama-300M {dtype}", higher_better=False, target=6.0)
     if model == "smollm2-135m":
         hf16, cpp = get(f"{model}/transformers/bf16", {}), get(f"{model}/llama.cpp/Q4_1", {})
         best = max(
-            (name for name in ENGINES[model] if name.startswith("ours")),
+            (name for name in _engines(model) if name.startswith("ours")),
             key=lambda name: _at(get(f"{model}/{name}", {}), "prefill", lengths[0]) or 0.0,
         )
         for base, base_name in ((hf16, "transformers bf16"), (cpp, "llama.cpp Q4_1")):
@@ -600,6 +626,9 @@ def main(
             results[f"{model_name}/llama.cpp/Q4_1"] = spawn(model_name, "llama.cpp/Q4_1", "speed")
     if not has_llama_cpp and not quick:
         errors.append("llama.cpp: llama_cpp (llama-cpp-python) is not installed")
+    if not native_bf16() and not quick:
+        errors.append("bf16 engines: this CPU has no native bf16 matmul (no avx512_bf16 or "
+                      "amx_bf16), so they were not run; the hybrid-vs-transformer rows are fp32")
     comparisons: list[dict[str, Any]] = []
     for model_name in models:
         comparisons += _comparisons(model_name, results, plans[model_name])
@@ -612,7 +641,7 @@ def main(
     report = {
         "benchmark": "engine",
         "quick": quick,
-        "settings": {"plans": plans, "engines": {m: ENGINES[m] for m in models},
+        "settings": {"plans": plans, "engines": {m: _engines(m) for m in models},
                      "threads": int(os.environ.get("MAESTRO_BENCH_THREADS", "0"))
                      or torch.get_num_threads(), "jamba_config": _jamba_hf_config(quick)},
         "machine": machine,

@@ -1,12 +1,19 @@
-"""Weight-only quantised linear ops for CPU decode: int8 per output row, 4-bit per group of 32
-(asymmetric, the Q4_1 scheme).
+"""Quantised linear ops for CPU decode: int8 weights per output row, 4-bit per group of 32
+(asymmetric, the Q4_1 scheme), with the activations quantised per block of 32.
 
-int8: ``y = x @ (W8 * scale)^T + bias``.
+int8: ``y = x̂ @ (W8 * scale)^T + bias``.
 
 W8 is (N, K) int8 with one fp32 scale per output row (symmetric, per-channel: ``W ≈ W8 *
 scale[:, None]``); x (..., K) in fp32 or bf16; y (..., N) in x's dtype. Decode reads every
-weight once per token, so storing 1 byte instead of 4 is up to 4x less memory traffic; the
-fast backend converts int8 to fp32 in registers. Activations are not quantised.
+weight once per token, so storing 1 byte instead of 4 is up to 4x less memory traffic.
+
+``x̂`` is x rounded to int8 per block of 32 values along K (symmetric, scale = max|x| / 127,
+GGUF's Q8_0 activations; :func:`quantize_activations`): with both operands integers the fast
+backend does each block's dot product in integer SIMD instructions, which keeps the kernel
+bound by memory rather than by converting weights to floats. The relative error this adds to a
+block is at most 1/254 of its largest value. When K is not a multiple of 32 (int8 only; 4-bit
+needs it anyway), activations stay as they are. Every path (reference, C++ matvec, the
+dequantise-and-matmul prefill path) computes with the same x̂, so decode and prefill agree.
 """
 
 from __future__ import annotations
@@ -16,12 +23,30 @@ import torch
 from model.kernels.dispatch import implementation, register_reference
 
 
+ACT_BLOCK = 32  # activation values per quantisation block
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x̂: x (..., K) in fp32, rounded to int8 per block of 32 along K and scaled back.
+
+    ``scale = max|x_block| / 127``, ``x̂ = round(x / scale) * scale`` (round half to even; an
+    all-zero block stays zero). K must be a multiple of 32.
+    """
+    blocks = x.float().reshape(*x.shape[:-1], -1, ACT_BLOCK)  # (..., K/32, 32)
+    scale = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(blocks / safe).clamp_(-127, 127)
+    return (q * scale).reshape(x.shape)
+
+
 def int8_linear_ref(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Reference: dequantise to fp32 and multiply; returns x's dtype."""
+    """Reference: x̂ (x itself when K % 32 != 0) times the dequantised weight, in fp32;
+    returns x's dtype."""
     w = weight.float() * scale.float()[:, None]  # (N, K)
-    y = x.float() @ w.t()
+    xq = quantize_activations(x) if x.shape[-1] % ACT_BLOCK == 0 else x.float()
+    y = xq @ w.t()
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
@@ -55,13 +80,13 @@ def int4_linear_ref(
     minimum: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reference 4-bit linear: dequantise to fp32 and multiply; returns x's dtype.
+    """Reference 4-bit linear: x̂ times the dequantised weight, in fp32; returns x's dtype.
 
     Asymmetric groups of 32 along K, like GGUF's Q4_1: ``w = q * scale + minimum``, q in
     [0, 15]. packed (N, K/2) uint8: in each group, byte j holds q[j] in its low nibble and
     q[j + 16] in its high nibble; scale, minimum (N, K/32) fp32.
     """
-    y = x.float() @ dequantize_int4(packed, scale, minimum).t()
+    y = quantize_activations(x) @ dequantize_int4(packed, scale, minimum).t()
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)

@@ -268,9 +268,11 @@ def test_ops_trace_under_torch_compile():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 3, 20])  # the matvec kernel, and dequantise + matmul
-def test_int8_linear(dtype, rows):
+# K = 96: block-quantised activations (integer dot products); K = 100: float activations
+@pytest.mark.parametrize("k_in", [96, 100])
+def test_int8_linear(dtype, rows, k_in):
     g = torch.Generator().manual_seed(12)
-    n_out, k_in = 37, 100  # neither a multiple of the 4-row block nor of the vector width
+    n_out = 37  # not a multiple of the 4-row block
     weight = torch.randint(-127, 128, (n_out, k_in), dtype=torch.int8, generator=g)
     scale = torch.rand(n_out, generator=g) * 0.02
     bias = torch.randn(n_out, generator=g)
@@ -307,3 +309,26 @@ def test_int4_linear(dtype, rows):
     else:
         y_low = kernels.int4_linear_ref(x, packed, scale, minimum, bias)
         _assert_low_precision(f"int4 linear bf16 rows={rows}", y, y_low, y32)
+
+
+@pytest.mark.parametrize("rows", [1, 20])
+def test_quantised_linears_compute_with_block_quantised_activations(rows):
+    """The kernels use x rounded to int8 per block of 32, like the references: their result is
+    that of the rounded x (to float precision), measurably not that of x itself."""
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(rows, 64, generator=g) * torch.logspace(-2, 1, 64)  # wide range per block
+    x_hat = kernels.quant_linear.quantize_activations(x)
+    blocks = (x - x_hat).abs().reshape(rows, 2, 32)
+    assert 0 < blocks.max() <= (x.abs().reshape(rows, 2, 32).amax(-1, keepdim=True) / 254 * 1.0001).max()
+    weight = torch.randint(-127, 128, (8, 64), dtype=torch.int8, generator=g)
+    scale = torch.rand(8, generator=g) * 0.02
+    w = weight.float() * scale[:, None]
+    y = kernels.int8_linear(x, weight, scale)
+    _assert_fp32("int8 linear on x-hat", y, x_hat @ w.t())
+    assert (y - x @ w.t()).abs().max() > 100 * (y - x_hat @ w.t()).abs().max()
+    packed = kernels.pack_int4(torch.randint(0, 16, (8, 64), generator=g))
+    s4, m4 = torch.rand(8, 2, generator=g) * 0.05, -torch.rand(8, 2, generator=g) * 0.4
+    w4 = kernels.dequantize_int4(packed, s4, m4)
+    y4 = kernels.int4_linear(x, packed, s4, m4)
+    _assert_fp32("int4 linear on x-hat", y4, x_hat @ w4.t())
+    assert (y4 - x @ w4.t()).abs().max() > 100 * (y4 - x_hat @ w4.t()).abs().max()

@@ -77,7 +77,8 @@ def test_quant_linear_computes_with_its_dequantised_weight(backend, bits):
     q = QuantLinear.from_linear(linear, bits)
     for rows in (1, 30):
         x = torch.randn(2, rows, 64)
-        torch.testing.assert_close(q(x), F.linear(x, q.dequantize(), linear.bias), rtol=1e-5, atol=1e-5)
+        x_hat = kernels.quant_linear.quantize_activations(x)  # int8 per block of 32
+        torch.testing.assert_close(q(x), F.linear(x_hat, q.dequantize(), linear.bias), rtol=1e-5, atol=1e-5)
 
 
 def _perturbed_tiny_jamba(seed: int = 0) -> CausalLM:
@@ -100,14 +101,15 @@ def _perturbed_tiny_jamba(seed: int = 0) -> CausalLM:
     return model
 
 
-# Per-weight error <= scale/2 moves the logits by a fraction of their spread. Measured on this
-# 64-wide random model (logit std 1.0): int8 mean 0.022 / max 0.20, argmax agreement 0.98;
-# int4 mean 0.32 / max 4.3, agreement 0.56 (4 bits are a lot of noise for 64-wide random
+# Per-weight error <= scale/2, and activations rounded to int8 per block of 32, move the
+# logits by a fraction of their spread. Measured on this 64-wide random model (logit std 1.0):
+# int8 mean 0.045 / max 1.33, argmax agreement 0.94 (weights alone: mean 0.022 / max 0.20);
+# int4 mean 0.32 / max 4.3, agreement 0.58 (4 bits are a lot of noise for 64-wide random
 # layers; the real-model cost, SmolLM2 from its Q4_1 GGUF, is in the kernels report). Max
 # errors come where top-2 experts flip. The int4 bounds only catch a broken path (which gives
 # errors of several stds and ~1/256 agreement); its exactness is tested layer by layer.
 # mode: (mean error bound, max error bound, min argmax agreement, max size ratio)
-LOGIT_BOUNDS = {"int8": (0.05, 0.35, 0.9, 0.45), "int4": (0.5, 8.0, 0.3, 0.35)}
+LOGIT_BOUNDS = {"int8": (0.08, 2.5, 0.9, 0.45), "int4": (0.5, 8.0, 0.3, 0.35)}
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

@@ -671,12 +671,111 @@ Tensor mamba_decode_step(const Tensor& x, const std::optional<Tensor>& z, Tensor
   return out;
 }
 
+// Quantised linears for decode. Decode reads every weight once per token, so it is bound by
+// memory traffic: int8 weights read 4x fewer bytes than fp32, 4-bit ~5x. To keep the
+// arithmetic from becoming the new bottleneck, the activations are quantised too, per block of
+// Q_BLOCK = 32 values (symmetric int8, scale = max|x| / 127, as GGUF's Q8_0), and each block's
+// dot product runs on integers (AVX2: maddubs + madd, 32 products in two instructions), scaled
+// back to fp32 once per block. The references in model/kernels/quant_linear.py quantise the
+// activations the same way, so kernel and reference agree up to float summation order.
 // ---------------------------------------------------------------------------------------
-// Weight-only int8 linear for decode: y = (x @ W8^T) * scale + bias, W8 (N, K) int8 with one
-// fp32 scale per output row. Decode is bound by reading weights, so reading 1 byte per weight
-// instead of 4 is the point; the int8 -> fp32 conversion happens in registers. Meant for few
-// rows of x (decode steps); the Python wrapper dequantises for long prefill chunks, where the
-// matmul is compute-bound and the BLAS kernel wins.
+constexpr int64_t Q_BLOCK = 32;
+
+// x (M, K) fp32, K % Q_BLOCK == 0 -> q (M, K) int8 and s (M, K / Q_BLOCK) fp32, x ~ q * s.
+// The same float operations as quantize_activations_ref (amax / 127, x / scale, round half to
+// even), so both give the same integers.
+void quantize_blocks(const float* x, int64_t count, int8_t* q, float* s) {
+  for (int64_t b = 0; b < count / Q_BLOCK; ++b) {
+    const float* xb = x + b * Q_BLOCK;
+    float amax = 0.0f;
+    for (int64_t j = 0; j < Q_BLOCK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float scale = amax / 127.0f;
+    s[b] = scale;
+    for (int64_t j = 0; j < Q_BLOCK; ++j) {
+      const float v = scale > 0.0f ? std::nearbyint(xb[j] / scale) : 0.0f;
+      q[b * Q_BLOCK + j] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+    }
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline float hsum256(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// 32 signed int8 weights . 32 signed int8 activations -> 8 int32 partial sums. maddubs wants
+// unsigned x signed, so multiply |w| by x carrying w's sign; |w|, |x| <= 127 keeps the int16
+// pair sums (<= 2 * 127 * 127) from saturating.
+inline __m256 dot_s8(__m256i w, __m256i x) {
+  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+// 16 packed bytes (q[j] low nibble, q[j + 16] high nibble) . 32 int8 activations.
+inline __m256 dot_q4(const uint8_t* packed, __m256i x) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask),
+                                     _mm_and_si128(bytes, mask));  // q[0..31] in order, 0..15
+  const __m256i pairs = _mm256_maddubs_epi16(q, x);                // <= 2 * 15 * 127
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+#endif
+
+// Rows of int8 weights against block-quantised activations: y[r] = sum_b xs[b] * (w_r . xq)_b.
+// RB rows at a time share each load of x.
+template <int RB>
+inline void int8_rows_dot(const int8_t* w, int64_t k_in, const int8_t* xq, const float* xs,
+                          float* out) {
+  const int64_t blocks = k_in / Q_BLOCK;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[RB];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * Q_BLOCK));
+    const __m256 sb = _mm256_set1_ps(xs[b]);
+    for (int r = 0; r < RB; ++r) {
+      const __m256i wv =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k_in + b * Q_BLOCK));
+      acc[r] = _mm256_fmadd_ps(dot_s8(wv, xv), sb, acc[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) out[r] = hsum256(acc[r]);
+#else
+  for (int r = 0; r < RB; ++r) {
+    float total = 0.0f;
+    for (int64_t b = 0; b < blocks; ++b) {
+      int32_t dot = 0;
+      for (int64_t j = 0; j < Q_BLOCK; ++j)
+        dot += int32_t{w[r * k_in + b * Q_BLOCK + j]} * int32_t{xq[b * Q_BLOCK + j]};
+      total += static_cast<float>(dot) * xs[b];
+    }
+    out[r] = total;
+  }
+#endif
+}
+
+// The float-activation path, for K not a multiple of Q_BLOCK (no block quantisation there).
+inline float int8_row_dot_f32(const int8_t* w, const float* x, int64_t k_in) {
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t k = 0; k < k_in; ++k) total += static_cast<float>(w[k]) * x[k];
+  return total;
+}
+
+// Decode-sized work: a thread only pays off with enough weights to stream (>= ~256 KB, ~10 us
+// of DRAM traffic); smaller matrices stay on one thread.
+inline int64_t rows_per_task(int64_t row_bytes) {
+  return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(row_bytes, 1));
+}
+
+// ---------------------------------------------------------------------------------------
+// int8 linear: y = (x @ W8^T) * scale + bias, W8 (N, K) int8 with one fp32 scale per output
+// row. Meant for few rows of x (decode steps); the Python wrapper dequantises for long prefill
+// chunks, where the matmul is compute-bound and the BLAS kernel wins.
 // ---------------------------------------------------------------------------------------
 Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
                    const std::optional<Tensor>& bias) {
@@ -688,75 +787,43 @@ Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
   TORCH_CHECK(scale.numel() == n_out, "int8_linear: scale must hold one value per output row");
   const Tensor x2 = x.reshape({-1, k_in}).to(at::kFloat).contiguous();  // (M, K) fp32
   const int64_t rows = x2.size(0);
+  const bool blocked = k_in % Q_BLOCK == 0;
+  Tensor xq, xs;
+  if (blocked) {
+    xq = at::empty({rows, k_in}, x2.options().dtype(at::kChar));
+    xs = at::empty({rows, k_in / Q_BLOCK}, x2.options());
+    for (int64_t m = 0; m < rows; ++m)
+      quantize_blocks(x2.data_ptr<float>() + m * k_in, k_in, xq.data_ptr<int8_t>() + m * k_in,
+                      xs.data_ptr<float>() + m * (k_in / Q_BLOCK));
+  }
   const Tensor sf = f32(scale), bf = f32(bias);
   Tensor out = at::empty({rows, n_out}, x.options().dtype(at::kFloat));
   const float* xp = x2.data_ptr<float>();
   const int8_t* wp = weight.data_ptr<int8_t>();
   const float *sp = sf.data_ptr<float>(), *bp = ptr_or_null(bf);
   float* op = out.data_ptr<float>();
-  constexpr int64_t RB = 4;  // output rows per step: x is re-read from L1 once per 4 rows
-  // A thread only pays off with enough weights to stream (>= ~256 KB, ~10 us of DRAM traffic).
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (RB * k_in));
-  at::parallel_for(0, (n_out + RB - 1) / RB, grain, [&](int64_t begin, int64_t end) {
+  constexpr int64_t RB = 4;
+  at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in), [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n0 = blk * RB, nr = std::min(RB, n_out - n0);
       for (int64_t m = 0; m < rows; ++m) {
-        const float* xm = xp + m * k_in;
-        float acc[RB] = {0.0f, 0.0f, 0.0f, 0.0f};
-        int64_t k0 = 0;
-#if defined(__AVX512F__)
-        if (nr == RB) {  // four rows share each 16-wide load of x
-          __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-          const int8_t* w0 = wp + n0 * k_in;
-          auto row = [&](int64_t r, int64_t k) {
-            const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + r * k_in + k));
-            return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-          };
-          for (; k0 + 16 <= k_in; k0 += 16) {
-            const __m512 xv = _mm512_loadu_ps(xm + k0);
-            a0 = _mm512_fmadd_ps(row(0, k0), xv, a0);
-            a1 = _mm512_fmadd_ps(row(1, k0), xv, a1);
-            a2 = _mm512_fmadd_ps(row(2, k0), xv, a2);
-            a3 = _mm512_fmadd_ps(row(3, k0), xv, a3);
-          }
-          acc[0] = _mm512_reduce_add_ps(a0);
-          acc[1] = _mm512_reduce_add_ps(a1);
-          acc[2] = _mm512_reduce_add_ps(a2);
-          acc[3] = _mm512_reduce_add_ps(a3);
-        }
-#elif defined(__AVX2__) && defined(__FMA__)
-        if (nr == RB) {  // four rows share each 8-wide load of x; 8 independent accumulators
-          __m256 a[2 * RB];
-          for (auto& v : a) v = _mm256_setzero_ps();
-          const int8_t* w0 = wp + n0 * k_in;
-          auto row = [&](int64_t r, int64_t k) {
-            const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w0 + r * k_in + k));
-            return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-          };
-          for (; k0 + 16 <= k_in; k0 += 16) {
-            const __m256 x0 = _mm256_loadu_ps(xm + k0), x1 = _mm256_loadu_ps(xm + k0 + 8);
-            for (int r = 0; r < RB; ++r) {
-              a[2 * r] = _mm256_fmadd_ps(row(r, k0), x0, a[2 * r]);
-              a[2 * r + 1] = _mm256_fmadd_ps(row(r, k0 + 8), x1, a[2 * r + 1]);
-            }
-          }
-          for (int r = 0; r < RB; ++r) {
-            const __m256 v = _mm256_add_ps(a[2 * r], a[2 * r + 1]);
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            acc[r] = _mm_cvtss_f32(h);
+        float acc[RB];
+        if (blocked && nr == RB) {
+          int8_rows_dot<RB>(wp + n0 * k_in, k_in, xq.data_ptr<int8_t>() + m * k_in,
+                            xs.data_ptr<float>() + m * (k_in / Q_BLOCK), acc);
+        } else {
+          for (int64_t r = 0; r < nr; ++r) {
+            if (blocked)
+              int8_rows_dot<1>(wp + (n0 + r) * k_in, k_in, xq.data_ptr<int8_t>() + m * k_in,
+                               xs.data_ptr<float>() + m * (k_in / Q_BLOCK), acc + r);
+            else
+              acc[r] = int8_row_dot_f32(wp + (n0 + r) * k_in, xp + m * k_in, k_in);
           }
         }
-#endif
         for (int64_t r = 0; r < nr; ++r) {
-          const int8_t* wr = wp + (n0 + r) * k_in;
-          float tail = 0.0f;  // the whole row without AVX-512, else the last K % 16 columns
-#pragma omp simd reduction(+ : tail)
-          for (int64_t k = k0; k < k_in; ++k) tail += static_cast<float>(wr[k]) * xm[k];
           const int64_t n = n0 + r;
-          op[m * n_out + n] = (acc[r] + tail) * sp[n] + (bp ? bp[n] : 0.0f);
+          op[m * n_out + n] = acc[r] * sp[n] + (bp ? bp[n] : 0.0f);
         }
       }
     }
@@ -767,50 +834,46 @@ Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
 }
 
 // ---------------------------------------------------------------------------------------
-// Weight-only 4-bit linear, asymmetric like GGUF's Q4_1: each group of G = 32 weights along K
-// has a scale and a minimum, w = q * scale + minimum with q in [0, 15]. Byte j of a group holds
-// q[j] in its low nibble and q[j + 16] in its high nibble. Then
-//   y = sum_g scale_g * (q_g . x_g) + sum_g minimum_g * sum(x_g),
-// where sum(x_g) is computed once per row of x and shared by all N outputs.
+// 4-bit linear, asymmetric like GGUF's Q4_1: each group of G = 32 weights along K has a scale
+// and a minimum, w = q * scale + minimum with q in [0, 15]. Byte j of a group holds q[j] in its
+// low nibble and q[j + 16] in its high nibble. With the activations block-quantised (blocks =
+// groups), x_g ~ xs_g * xq_g:
+//   y = sum_g scale_g * xs_g * (q_g . xq_g) + sum_g minimum_g * xs_g * sum(xq_g),
+// where xs_g * sum(xq_g) is computed once per row of x and shared by all N outputs.
 // 0.75 bytes per weight with the fp32 scales and minima.
 // ---------------------------------------------------------------------------------------
-constexpr int64_t Q4_GROUP = 32;
+constexpr int64_t Q4_GROUP = Q_BLOCK;
 
-inline float int4_row_dot(const uint8_t* w, const float* sc, const float* mn, const float* x,
-                          const float* xsum, int64_t groups) {
+inline float int4_row_dot(const uint8_t* w, const float* sc, const float* mn, const int8_t* xq,
+                          const float* xs, const float* xsum, int64_t groups) {
   float total = 0.0f;
-  int64_t g = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc = _mm256_setzero_ps();
-  const __m128i low_mask = _mm_set1_epi8(0x0F);
-  auto widen = [](__m128i bytes) {  // the low 8 bytes (values 0..15) -> 8 floats
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-  };
-  for (; g < groups; ++g) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + g * 16));
-    const __m128i lo = _mm_and_si128(packed, low_mask);                     // q[0..15]
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low_mask);  // q[16..31]
-    const float* xg = x + g * Q4_GROUP;
-    __m256 d0 = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(xg));
-    __m256 d1 = _mm256_mul_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xg + 8));
-    d0 = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(xg + 16), d0);
-    d1 = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xg + 24), d1);
-    acc = _mm256_fmadd_ps(_mm256_add_ps(d0, d1), _mm256_set1_ps(sc[g]), acc);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;  // two chains: even and odd groups
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * Q4_GROUP));
+    const __m256i x1 =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (g + 1) * Q4_GROUP));
+    acc0 = _mm256_fmadd_ps(dot_q4(w + g * 16, x0), _mm256_set1_ps(sc[g] * xs[g]), acc0);
+    acc1 = _mm256_fmadd_ps(dot_q4(w + (g + 1) * 16, x1), _mm256_set1_ps(sc[g + 1] * xs[g + 1]),
+                           acc1);
   }
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  total = _mm_cvtss_f32(h);
-#endif
-  for (; g < groups; ++g) {  // portable path (the whole row without AVX2)
-    float part = 0.0f;
+  if (g < groups) {
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * Q4_GROUP));
+    acc0 = _mm256_fmadd_ps(dot_q4(w + g * 16, x0), _mm256_set1_ps(sc[g] * xs[g]), acc0);
+  }
+  total = hsum256(_mm256_add_ps(acc0, acc1));
+#else
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t dot = 0;
     for (int64_t j = 0; j < 16; ++j) {
       const uint8_t b = w[g * 16 + j];
-      part += static_cast<float>(b & 0x0F) * x[g * Q4_GROUP + j];
-      part += static_cast<float>(b >> 4) * x[g * Q4_GROUP + 16 + j];
+      dot += int32_t{b & 0x0F} * int32_t{xq[g * Q4_GROUP + j]};
+      dot += int32_t{b >> 4} * int32_t{xq[g * Q4_GROUP + 16 + j]};
     }
-    total += part * sc[g];
+    total += static_cast<float>(dot) * (sc[g] * xs[g]);
   }
+#endif
   for (int64_t i = 0; i < groups; ++i) total += mn[i] * xsum[i];
   return total;
 }
@@ -829,20 +892,31 @@ Tensor int4_linear(const Tensor& x, const Tensor& packed, const Tensor& scale,
               "int4_linear: scale and minimum must be (N, K/32)");
   const Tensor x2 = x.reshape({-1, k_in}).to(at::kFloat).contiguous();
   const int64_t rows = x2.size(0);
-  const Tensor xsum = x2.view({rows, groups, Q4_GROUP}).sum(-1).contiguous();  // (M, K/32)
+  Tensor xq = at::empty({rows, k_in}, x2.options().dtype(at::kChar));
+  Tensor xs = at::empty({rows, groups}, x2.options());
+  Tensor xsum = at::empty({rows, groups}, x2.options());  // xs_g * sum(xq_g): the quantised sums
+  int8_t* qp = xq.data_ptr<int8_t>();
+  float *sp_x = xs.data_ptr<float>(), *sum_p = xsum.data_ptr<float>();
+  for (int64_t m = 0; m < rows; ++m) {
+    quantize_blocks(x2.data_ptr<float>() + m * k_in, k_in, qp + m * k_in, sp_x + m * groups);
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t total = 0;
+      for (int64_t j = 0; j < Q4_GROUP; ++j) total += qp[m * k_in + g * Q4_GROUP + j];
+      sum_p[m * groups + g] = sp_x[m * groups + g] * static_cast<float>(total);
+    }
+  }
   const Tensor sf = f32(scale), mf = f32(minimum), bf = f32(bias);
   Tensor out = at::empty({rows, n_out}, x.options().dtype(at::kFloat));
-  const float *xp = x2.data_ptr<float>(), *xs = xsum.data_ptr<float>();
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const float *sp = sf.data_ptr<float>(), *mp = mf.data_ptr<float>(), *bp = ptr_or_null(bf);
   float* op = out.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 19) / k_in);  // ~256 KB per task
-  at::parallel_for(0, n_out, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_out, rows_per_task(k_in / 2), [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t n = begin; n < end; ++n)
       for (int64_t m = 0; m < rows; ++m)
         op[m * n_out + n] = int4_row_dot(wp + n * (k_in / 2), sp + n * groups, mp + n * groups,
-                                         xp + m * k_in, xs + m * groups, groups) +
+                                         qp + m * k_in, sp_x + m * groups, sum_p + m * groups,
+                                         groups) +
                             (bp ? bp[n] : 0.0f);
   });
   auto sizes = x.sizes().vec();

@@ -168,17 +168,23 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
     def int8_linear(x, weight, scale, bias=None):
         rows = x.numel() // max(x.shape[-1], 1)
         if rows > _INT8_MATVEC_MAX_ROWS:
-            # Prefill: compute-bound, so dequantise once and let the BLAS matmul do the work.
+            # Prefill: compute-bound, so dequantise once and let the BLAS matmul do the work
+            # (on the same block-quantised activations as the matvec, so both paths agree).
+            from model.kernels.quant_linear import ACT_BLOCK, quantize_activations
+
             w = (weight.to(x.dtype) * scale.to(x.dtype)[:, None])
+            if x.shape[-1] % ACT_BLOCK == 0:
+                x = quantize_activations(x).to(x.dtype)
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
         return ops.int8_linear(x, weight, scale, bias)
 
     def int4_linear(x, packed, scale, minimum, bias=None):
         rows = x.numel() // max(x.shape[-1], 1)
         if rows > _INT8_MATVEC_MAX_ROWS:  # prefill: dequantise once, BLAS matmul
-            from model.kernels.quant_linear import dequantize_int4
+            from model.kernels.quant_linear import dequantize_int4, quantize_activations
 
             w = dequantize_int4(packed, scale, minimum).to(x.dtype)
+            x = quantize_activations(x).to(x.dtype)
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
         return ops.int4_linear(x, packed, scale, minimum, bias)
 
