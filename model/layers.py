@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import kernels
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm, computed in fp32 and cast back before the weight multiply.
@@ -29,9 +31,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)  # one op (model/kernels/rms_norm.py)
 
 
 class MLP(nn.Module):
@@ -78,6 +78,12 @@ class MoE(nn.Module):
         probs = F.softmax(self.router(x).float(), dim=-1)  # (B*L, E) fp32
         weights, experts = torch.topk(probs, self.top_k, dim=-1)  # (B*L, k), no renormalisation
         weights = weights.to(x.dtype)
+        if x.shape[0] == 1:  # one token (a decode step): its k experts directly, no grouping
+            out = torch.zeros_like(x)
+            for slot, e in enumerate(experts[0].tolist()):
+                h = F.silu(_expert_linear(x, self.gate_proj, e)) * _expert_linear(x, self.up_proj, e)
+                out = out + _expert_linear(h, self.down_proj, e) * weights[:, slot : slot + 1]
+            return out.reshape(shape)
 
         flat_experts = experts.reshape(-1)  # (S,)
         order = torch.argsort(flat_experts, stable=True)  # slots grouped by expert

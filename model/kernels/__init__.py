@@ -3,7 +3,7 @@
 Ops: ``selective_scan`` (prefill) and ``selective_state_update`` (one step), ``causal_conv1d``
 and ``causal_conv1d_update``, ``mamba_decode_step`` (the whole Jamba mixer between in_proj and
 out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantised matmul, used
-by :mod:`model.quant`).
+by :mod:`model.quant`), ``rms_norm``.
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -36,6 +36,7 @@ from model.kernels.quant_linear import (
     pack_int4,
     unpack_int4,
 )
+from model.kernels.rms_norm import rms_norm, rms_norm_ref
 from model.kernels.selective_scan import (
     selective_scan,
     selective_scan_ref,
@@ -60,6 +61,8 @@ __all__ = [
     "op_backends",
     "pack_int4",
     "register_backend",
+    "rms_norm",
+    "rms_norm_ref",
     "selective_scan",
     "selective_scan_ref",
     "selective_state_update",

@@ -332,3 +332,23 @@ def test_quantised_linears_compute_with_block_quantised_activations(rows):
     y4 = kernels.int4_linear(x, packed, s4, m4)
     _assert_fp32("int4 linear on x-hat", y4, x_hat @ w4.t())
     assert (y4 - x @ w4.t()).abs().max() > 100 * (y4 - x_hat @ w4.t()).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 37, 64), (3, 7)])
+def test_rms_norm(dtype, shape):
+    g = torch.Generator().manual_seed(15)
+    x32 = torch.randn(*shape, generator=g) * 3
+    w32 = 1 + 0.2 * torch.randn(shape[-1], generator=g)
+    x, w = x32.to(dtype), w32.to(dtype)
+    y = kernels.rms_norm(x, w, 1e-5)
+    assert y.shape == x.shape and y.dtype == dtype
+    if dtype == torch.float32:
+        _assert_fp32(f"rms_norm {shape}", y, kernels.rms_norm_ref(x, w, 1e-5), tol=1e-6)
+    else:
+        _assert_low_precision(f"rms_norm bf16 {shape}", y, kernels.rms_norm_ref(x, w, 1e-5),
+                              kernels.rms_norm_ref(x32, w32, 1e-5))
+    # a strided view (the Mamba mixer normalises slices of x_proj's output)
+    wide = torch.randn(4, 2 * shape[-1], generator=g).to(dtype)
+    view = wide[:, shape[-1]:]
+    torch.testing.assert_close(kernels.rms_norm(view, w, 1e-5), kernels.rms_norm_ref(view, w, 1e-5))

@@ -738,8 +738,9 @@ inline void int8_rows_dot(const int8_t* w, int64_t k_in, const int8_t* xq, const
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * Q_BLOCK));
     const __m256 sb = _mm256_set1_ps(xs[b]);
     for (int r = 0; r < RB; ++r) {
-      const __m256i wv =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k_in + b * Q_BLOCK));
+      const int8_t* wr = w + r * k_in + b * Q_BLOCK;
+      _mm_prefetch(reinterpret_cast<const char*>(wr + RB * k_in), _MM_HINT_T0);  // next rows
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
       acc[r] = _mm256_fmadd_ps(dot_s8(wv, xv), sb, acc[r]);
     }
   }
@@ -850,7 +851,9 @@ inline float int4_row_dot(const uint8_t* w, const float* sc, const float* mn, co
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;  // two chains: even and odd groups
   int64_t g = 0;
+  const uint8_t* ahead = w + 4 * groups * 16;  // the same bytes four rows on
   for (; g + 2 <= groups; g += 2) {
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + g * 16), _MM_HINT_T0);
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * Q4_GROUP));
     const __m256i x1 =
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (g + 1) * Q4_GROUP));
@@ -924,6 +927,45 @@ Tensor int4_linear(const Tensor& x, const Tensor& packed, const Tensor& scale,
   return out.view(sizes).to(x.scalar_type());
 }
 
+// ---------------------------------------------------------------------------------------
+// RMSNorm over the last dimension: out = weight * T(x * rsqrt(mean(x^2) + eps)), in fp32,
+// cast to x's type T before the weight multiply (the Hugging Face order). Rows in parallel.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+void rms_norm_rows(const T* x, const T* w, T* out, int64_t rows, int64_t dim, float eps) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * dim;
+      float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t i = 0; i < dim; ++i) squares += ld(xr + i) * ld(xr + i);
+      const float inv = 1.0f / std::sqrt(squares / static_cast<float>(dim) + eps);
+      T* o = out + r * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i)
+        o[i] = static_cast<T>(ld(w + i) * static_cast<float>(static_cast<T>(ld(xr + i) * inv)));
+    }
+  });
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  check_cpu(x, "x");
+  const int64_t dim = x.size(-1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == dim, "rms_norm: weight must be (", dim, ",)");
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "rms_norm: weight and x dtypes differ");
+  const Tensor xc = x.contiguous(), wc = weight.contiguous();
+  Tensor out = at::empty_like(xc);
+  const int64_t rows = dim ? xc.numel() / dim : 0;
+  if (x.scalar_type() == at::kFloat)
+    rms_norm_rows(xc.data_ptr<float>(), wc.data_ptr<float>(), out.data_ptr<float>(), rows, dim,
+                  static_cast<float>(eps));
+  else
+    rms_norm_rows(xc.data_ptr<at::BFloat16>(), wc.data_ptr<at::BFloat16>(),
+                  out.data_ptr<at::BFloat16>(), rows, dim, static_cast<float>(eps));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(model_kernels, m) {
@@ -947,6 +989,7 @@ TORCH_LIBRARY(model_kernels, m) {
       "Tensor? b_norm_weight, Tensor? c_norm_weight, float norm_eps) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scale, Tensor minimum, Tensor? bias) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
@@ -957,4 +1000,5 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("mamba_decode_step", &mamba_decode_step);
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
+  m.impl("rms_norm", &rms_norm);
 }

@@ -129,6 +129,10 @@ def _register_fakes() -> None:
     def _int4(x, packed, scale, minimum, bias):
         return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
+    @torch.library.register_fake(lib + "rms_norm")
+    def _rms(x, weight, eps):
+        return torch.empty_like(x)
+
 
 def _silu_flag(activation: str | None) -> bool:
     if activation in ("silu", "swish"):
@@ -188,7 +192,15 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
         return ops.int4_linear(x, packed, scale, minimum, bias)
 
+    def rms_norm(x, weight, eps):
+        if weight.dtype != x.dtype:  # mixed dtypes: the reference's type promotion
+            from model.kernels.rms_norm import rms_norm_ref
+
+            return rms_norm_ref(x, weight, eps)
+        return ops.rms_norm(x, weight, float(eps))
+
     return {
+        "rms_norm": rms_norm,
         "int4_linear": int4_linear,
         "int8_linear": int8_linear,
         "selective_scan": selective_scan,
