@@ -23,6 +23,7 @@ from torch import nn
 
 from model.cache import KVState
 from model.config import ModelConfig
+from model.layers import Linear
 
 
 @dataclass
@@ -116,10 +117,10 @@ class Attention(nn.Module):
         self.head_dim = hd = config.head_dim
         d = config.hidden_size
         qkv_bias = config.attention_bias
-        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=qkv_bias)
-        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=qkv_bias)
-        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=config.attention_out_bias)
+        self.q_proj = Linear(d, self.num_heads * hd, bias=qkv_bias)
+        self.k_proj = Linear(d, self.num_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = Linear(d, self.num_kv_heads * hd, bias=qkv_bias)
+        self.o_proj = Linear(self.num_heads * hd, d, bias=config.attention_out_bias)
 
     def forward(
         self, x: torch.Tensor, inputs: AttentionInputs, kv: KVState | None

@@ -19,6 +19,14 @@ from torch import nn
 from model import kernels
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose product runs through ``kernels.linear``: one-token inputs (decode)
+    get the multi-threaded matvec kernel, longer ones the BLAS matmul."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm, computed in fp32 and cast back before the weight multiply.
 
@@ -39,9 +47,9 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.gate_proj = Linear(dim, hidden, bias=bias)
+        self.up_proj = Linear(dim, hidden, bias=bias)
+        self.down_proj = Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -50,7 +58,7 @@ class MLP(nn.Module):
 def _expert_linear(x: torch.Tensor, weights: torch.Tensor | nn.Module, e: int) -> torch.Tensor:
     """x @ W[e]^T for an (E, out, in) expert stack: a Parameter, or int8 experts (model.quant)."""
     if isinstance(weights, torch.Tensor):
-        return x @ weights[e].t()
+        return kernels.linear(x, weights[e])
     return weights.linear(x, e)
 
 
@@ -67,7 +75,7 @@ class MoE(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.top_k = top_k
-        self.router = nn.Linear(dim, num_experts, bias=False)
+        self.router = Linear(dim, num_experts, bias=False)
         self.gate_proj = nn.Parameter(torch.empty(num_experts, hidden, dim))
         self.up_proj = nn.Parameter(torch.empty(num_experts, hidden, dim))
         self.down_proj = nn.Parameter(torch.empty(num_experts, dim, hidden))

@@ -28,7 +28,7 @@ from torch import nn
 from model import kernels
 from model.cache import MambaState
 from model.config import ModelConfig
-from model.layers import RMSNorm
+from model.layers import Linear, RMSNorm
 
 
 class MambaMixer(nn.Module):
@@ -38,15 +38,15 @@ class MambaMixer(nn.Module):
         self.d_state = n = config.mamba_d_state
         self.dt_rank = r = config.mamba_dt_rank
         self.eps = config.rms_norm_eps
-        self.in_proj = nn.Linear(d, 2 * ed, bias=config.mamba_proj_bias)
+        self.in_proj = Linear(d, 2 * ed, bias=config.mamba_proj_bias)
         # Depthwise conv weight kept as (ED, K) (HF: Conv1d weight (ED, 1, K), squeezed at load).
         self.conv_weight = nn.Parameter(torch.empty(ed, config.mamba_d_conv))
         self.conv_bias = nn.Parameter(torch.empty(ed)) if config.mamba_conv_bias else None
-        self.x_proj = nn.Linear(ed, r + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(r, ed, bias=True)
+        self.x_proj = Linear(ed, r + 2 * n, bias=False)
+        self.dt_proj = Linear(r, ed, bias=True)
         self.A_log = nn.Parameter(torch.empty(ed, n))
         self.D = nn.Parameter(torch.empty(ed))
-        self.out_proj = nn.Linear(ed, d, bias=config.mamba_proj_bias)
+        self.out_proj = Linear(ed, d, bias=config.mamba_proj_bias)
         self.dt_layernorm = RMSNorm(r, config.rms_norm_eps)
         self.b_layernorm = RMSNorm(n, config.rms_norm_eps)
         self.c_layernorm = RMSNorm(n, config.rms_norm_eps)
@@ -70,13 +70,13 @@ class MambaMixer(nn.Module):
         keep = None if pad is None else pad[:, None, :].to(h.dtype)  # (B, 1, L)
         if pad is not None:
             h = h * pad[..., None].to(h.dtype)
-        if isinstance(self.in_proj, nn.Linear):
+        if isinstance(self.in_proj, nn.Linear) and length > 1:
             # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read, no copy.
             xz = self.in_proj.weight @ h.transpose(1, 2)  # (B, 2ED, L)
             if self.in_proj.bias is not None:
                 xz = xz + self.in_proj.bias[:, None]
-        else:  # int8 (model.quant): (B, L, 2ED) seen as (B, 2ED, L); the kernels take strides
-            xz = self.in_proj(h).transpose(1, 2)
+        else:  # one token (the matvec kernel) or quantised (model.quant): (B, L, 2ED) seen as
+            xz = self.in_proj(h).transpose(1, 2)  # (B, 2ED, L); the kernels take strides
         x, z = xz.chunk(2, dim=1)  # (B, ED, L) each
         A = self._A()  # (ED, N) fp32
 

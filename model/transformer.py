@@ -37,7 +37,7 @@ from model.attention import Attention, AttentionInputs, causal_mask, rope_cos_si
 from model.cache import HybridCache, KVState, MambaState
 from model.config import LayerSpec, ModelConfig
 from model.errors import ContextLengthError
-from model.layers import MLP, MoE, RMSNorm
+from model.layers import MLP, Linear, MoE, RMSNorm
 from model.mamba import MambaMixer
 
 
@@ -96,7 +96,7 @@ class CausalLM(nn.Module):
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, spec) for spec in config.layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self._inv_freq: torch.Tensor | None = None  # RoPE table, built lazily on the right device

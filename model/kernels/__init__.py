@@ -3,7 +3,7 @@
 Ops: ``selective_scan`` (prefill) and ``selective_state_update`` (one step), ``causal_conv1d``
 and ``causal_conv1d_update``, ``mamba_decode_step`` (the whole Jamba mixer between in_proj and
 out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantised matmul, used
-by :mod:`model.quant`), ``rms_norm``.
+by :mod:`model.quant`), ``rms_norm``, ``linear`` (a multi-threaded matvec for decode).
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -26,6 +26,7 @@ from model.kernels.dispatch import (
     register_backend,
     use,
 )
+from model.kernels.linear import linear, linear_ref
 from model.kernels.mamba_decode import mamba_decode_step, mamba_decode_step_ref
 from model.kernels.quant_linear import (
     dequantize_int4,
@@ -56,6 +57,8 @@ __all__ = [
     "int4_linear_ref",
     "int8_linear",
     "int8_linear_ref",
+    "linear",
+    "linear_ref",
     "mamba_decode_step",
     "mamba_decode_step_ref",
     "op_backends",

@@ -22,7 +22,6 @@ import torch
 
 from model.kernels.dispatch import implementation, register_reference
 
-
 ACT_BLOCK = 32  # activation values per quantisation block
 
 

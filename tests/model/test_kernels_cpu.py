@@ -352,3 +352,20 @@ def test_rms_norm(dtype, shape):
     wide = torch.randn(4, 2 * shape[-1], generator=g).to(dtype)
     view = wide[:, shape[-1]:]
     torch.testing.assert_close(kernels.rms_norm(view, w, 1e-5), kernels.rms_norm_ref(view, w, 1e-5))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 20])  # the matvec kernel up to 8 rows, then BLAS
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear(rows, with_bias):
+    g = torch.Generator().manual_seed(16)
+    weight = torch.randn(37, 100, generator=g)  # N not a multiple of 4, K not of 8
+    bias = torch.randn(37, generator=g) if with_bias else None
+    x = torch.randn(2, rows, 100, generator=g)
+    y = kernels.linear(x, weight, bias)
+    assert y.shape == (2, rows, 37)
+    _assert_fp32(f"linear rows={rows}", y, kernels.linear_ref(x, weight, bias))
+    # bf16 and strided weights take the BLAS path, with the reference's numbers
+    torch.testing.assert_close(kernels.linear(x.bfloat16(), weight.bfloat16()),
+                               kernels.linear_ref(x.bfloat16(), weight.bfloat16()))
+    wt = torch.randn(100, 37, generator=g).t()
+    torch.testing.assert_close(kernels.linear(x, wt), kernels.linear_ref(x, wt))

@@ -774,6 +774,62 @@ inline int64_t rows_per_task(int64_t row_bytes) {
 }
 
 // ---------------------------------------------------------------------------------------
+// fp32 matvec for decode: y = x @ W^T + bias for a few rows of x, W (N, K) fp32. The BLAS
+// gemv streams a cold weight at ~15 GB/s here; reading 4 rows at a time with a software
+// prefetch of the next 4 keeps more memory requests in flight.
+// ---------------------------------------------------------------------------------------
+Tensor linear_matvec(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "linear_matvec: x must be fp32");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.is_contiguous(),
+              "linear_matvec: weight must be a contiguous fp32 (N, K) tensor");
+  const int64_t n_out = weight.size(0), k_in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == k_in, "linear_matvec: x's last dimension must be K = ", k_in);
+  const Tensor x2 = x.reshape({-1, k_in}).contiguous();
+  const int64_t rows = x2.size(0);
+  const Tensor bf = f32(bias);
+  Tensor out = at::empty({rows, n_out}, x.options());
+  const float *xp = x2.data_ptr<float>(), *wp = weight.data_ptr<float>(), *bp = ptr_or_null(bf);
+  float* op = out.data_ptr<float>();
+  constexpr int64_t RB = 4;
+  at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in * 4), [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * RB, nr = std::min(RB, n_out - n0);
+      const float* w0 = wp + n0 * k_in;
+      for (int64_t m = 0; m < rows; ++m) {
+        const float* xm = xp + m * k_in;
+        float acc[RB] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int64_t k0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        if (nr == RB) {
+          __m256 a[RB];
+          for (auto& v : a) v = _mm256_setzero_ps();
+          for (; k0 + 8 <= k_in; k0 += 8) {
+            const __m256 xv = _mm256_loadu_ps(xm + k0);
+            for (int r = 0; r < RB; ++r) {
+              if (m == 0 && (k0 & 15) == 0)
+                _mm_prefetch(reinterpret_cast<const char*>(w0 + (r + RB) * k_in + k0), _MM_HINT_T0);
+              a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + r * k_in + k0), xv, a[r]);
+            }
+          }
+          for (int r = 0; r < RB; ++r) acc[r] = hsum256(a[r]);
+        }
+#endif
+        for (int64_t r = 0; r < nr; ++r) {
+          const float* wr = w0 + r * k_in;
+          float tail = 0.0f;
+#pragma omp simd reduction(+ : tail)
+          for (int64_t k = k0; k < k_in; ++k) tail += wr[k] * xm[k];
+          op[m * n_out + n0 + r] = acc[r] + tail + (bp ? bp[n0 + r] : 0.0f);
+        }
+      }
+    }
+  });
+  auto sizes = x.sizes().vec();
+  sizes.back() = n_out;
+  return out.view(sizes);
+}
+
+// ---------------------------------------------------------------------------------------
 // int8 linear: y = (x @ W8^T) * scale + bias, W8 (N, K) int8 with one fp32 scale per output
 // row. Meant for few rows of x (decode steps); the Python wrapper dequantises for long prefill
 // chunks, where the matmul is compute-bound and the BLAS kernel wins.
@@ -990,6 +1046,7 @@ TORCH_LIBRARY(model_kernels, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scale, Tensor minimum, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("linear_matvec(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
@@ -1001,4 +1058,5 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
   m.impl("rms_norm", &rms_norm);
+  m.impl("linear_matvec", &linear_matvec);
 }

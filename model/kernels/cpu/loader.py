@@ -40,7 +40,7 @@ _FIX = (
     "(pip install ninja); or call model.kernels.use('ref') to run the PyTorch reference"
 )
 
-# Up to this many rows of x the int8 matvec kernel runs; beyond, dequantise + BLAS matmul.
+# Up to this many rows of x the matvec kernels run; beyond, BLAS matmul (dequantised weights).
 _INT8_MATVEC_MAX_ROWS = 8
 
 _lock = threading.Lock()
@@ -133,6 +133,10 @@ def _register_fakes() -> None:
     def _rms(x, weight, eps):
         return torch.empty_like(x)
 
+    @torch.library.register_fake(lib + "linear_matvec")
+    def _matvec(x, weight, bias):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
 
 def _silu_flag(activation: str | None) -> bool:
     if activation in ("silu", "swish"):
@@ -199,7 +203,18 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return rms_norm_ref(x, weight, eps)
         return ops.rms_norm(x, weight, float(eps))
 
+    def linear(x, weight, bias=None):
+        rows = x.numel() // max(x.shape[-1], 1)
+        if (
+            rows <= _INT8_MATVEC_MAX_ROWS and x.dtype == weight.dtype == torch.float32
+            and weight.is_contiguous() and not (x.requires_grad or weight.requires_grad)
+            and (bias is None or bias.dtype == torch.float32)
+        ):
+            return ops.linear_matvec(x, weight, bias)
+        return torch.nn.functional.linear(x, weight, bias)
+
     return {
+        "linear": linear,
         "rms_norm": rms_norm,
         "int4_linear": int4_linear,
         "int8_linear": int8_linear,
