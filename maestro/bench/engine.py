@@ -357,6 +357,45 @@ def _load(which: str, engine: str, spec: dict[str, Any], shared: Any = None) -> 
     return ours.eval(), ours.config.vocab_size
 
 
+# A fixed English text for the quality rows (perplexity of each weight format on it).
+QUALITY_TEXT = (
+    "The river rose slowly through the night, and by morning the lower fields were under water. "
+    "Farmers moved their animals to the hill behind the church, where the ground stayed dry. "
+    "The mayor called a meeting in the school hall to decide how the town would pay for a new "
+    "wall along the bank. Some argued that the old wall had only failed because nobody had "
+    "cleared the drains in autumn; others said the river had changed its course and that no "
+    "repair would hold for long. In the end they agreed to ask an engineer from the city to "
+    "measure the flow before spending any money. Until then, volunteers would fill sandbags "
+    "every evening, and the bakery would send bread and soup to anyone working on the bank."
+)
+
+
+def _quality(gguf: Path) -> dict[str, Any]:
+    """Perplexity of QUALITY_TEXT and the logit error against fp32, per weight format."""
+    import math
+
+    import torch
+
+    from model import load
+
+    out: dict[str, Any] = {}
+    reference = None
+    for weights in ("none", "int8", "int4"):
+        lm = load(gguf, quantize=weights, download=False)
+        ids = torch.tensor([lm.encode(QUALITY_TEXT)])
+        with torch.inference_mode():
+            logits = lm.model(ids)[0, :-1]  # (L-1, V) fp32
+        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
+        name = "fp32" if weights == "none" else weights
+        out[name] = {"perplexity": math.exp(nll), "tokens": ids.shape[1]}
+        if reference is None:
+            reference = logits
+        else:
+            out[name]["max_logit_error"] = (logits - reference).abs().max().item()
+            out[name]["top1_agreement"] = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    return out
+
+
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs in a subprocess. ``mode == "speed"``: all of a model's engines in one process,
     measured alternately. ``mode == "memory"``: one engine alone, for its peak RSS."""
@@ -366,6 +405,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     plan, which = spec["plan"], spec["model"]
+    if spec["engine"] == "quality":
+        return _quality(Path(spec["gguf"]))
     if spec["engine"] == "llama.cpp/Q4_1":
         start = time.perf_counter()
         result = _run_llama_cpp(Path(spec["gguf"]), plan)
@@ -528,6 +569,13 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
             rows.add(f"{model} prefill@{lengths[0]} (ours {best.split('/')[1]})", "tok/s",
                      _at(get(f"{model}/{best}", {}), "prefill", lengths[0]),
                      _at(base, "prefill", lengths[0]), base_name, target=1.0)
+    quality = get(f"{model}/quality", {})
+    for bits in ("int8", "int4"):
+        if bits in quality and "fp32" in quality:
+            rows.add(f"{model} perplexity {bits} (max logit error "
+                     f"{quality[bits]['max_logit_error']:.2f})", "ppl",
+                     quality[bits]["perplexity"], quality["fp32"]["perplexity"], "ours fp32",
+                     higher_better=False)
     peak = results.get(f"{model}/ours/fp32/memory", {}).get("peak_rss")
     hf_peak = results.get(f"{model}/transformers/fp32/memory", {}).get("peak_rss")
     if peak and hf_peak:
@@ -622,8 +670,10 @@ def main(
                 results[f"{model_name}/{engine}"] = measured
         for engine in ENGINES[model_name][:2]:
             results[f"{model_name}/{engine}/memory"] = spawn(model_name, engine, "memory")
-        if model_name == "smollm2-135m" and has_llama_cpp:
-            results[f"{model_name}/llama.cpp/Q4_1"] = spawn(model_name, "llama.cpp/Q4_1", "speed")
+        if model_name == "smollm2-135m":
+            results[f"{model_name}/quality"] = spawn(model_name, "quality", "quality")
+            if has_llama_cpp:
+                results[f"{model_name}/llama.cpp/Q4_1"] = spawn(model_name, "llama.cpp/Q4_1", "speed")
     if not has_llama_cpp and not quick:
         errors.append("llama.cpp: llama_cpp (llama-cpp-python) is not installed")
     if not native_bf16() and not quick:
