@@ -121,6 +121,7 @@ def create_app(
         Route("/v1/runs", runs.list_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", runs.get, methods=["GET"]),
         Route("/v1/runs/{run_id}/events", runs.events, methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", runs.cancel, methods=["POST"]),
         Route("/v1/me", whoami, methods=["GET"]),
     ]
     app = Starlette(

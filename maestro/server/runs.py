@@ -6,10 +6,17 @@
 - ``GET /v1/runs?limit=20``: the caller's runs, newest first.
 - ``GET /v1/runs/{id}``: status, result (the answer), the requirements report, usage, data
   sources, finish reason and error.
-- ``GET /v1/runs/{id}/events``: the run's events as SSE (``event: <type>``, ``data: <json>``),
-  ending when the run finishes. Live runs of this process replay everything so far, token
-  deltas included, then follow; runs from the database (another process, a restart) replay
-  the stored event log and follow it by polling while the run is running.
+- ``GET /v1/runs/{id}/events``: the run's events as SSE (``id: <n>``, ``event: <type>``,
+  ``data: <json>``), ending when the run finishes. Live runs of this process replay everything
+  so far, token deltas included, then follow; runs from the database (another process, a
+  restart) replay the stored event log and follow it by polling while the run is running. A
+  reconnecting client sends ``Last-Event-ID`` (the last ``id`` it got) and receives only the
+  events after it. Ids count within one of the two sources: a stream that was live in this
+  process and is resumed from the database after a restart (or after the run fell out of the
+  live window) may start over.
+- ``POST /v1/runs/{id}/cancel``: stops a run executing in this process; the run ends with
+  status ``cancelled`` (its partial answer kept) and the run is returned. 409 when the run has
+  already finished or executes in another process.
 
 Runs are persisted through the database's RunStore when the server has one, in memory
 otherwise. Each run belongs to the user who started it (``request.state.user``); another
@@ -95,6 +102,19 @@ class _LiveRun:
     failure: str | None = None
 
 
+def _last_event_id(request: Request) -> int:
+    """The SSE ``Last-Event-ID`` a reconnecting client sends (0: from the start)."""
+    raw = request.headers.get("last-event-id", "").strip()
+    if not raw:
+        return 0
+    try:
+        return max(int(raw), 0)
+    except ValueError:
+        raise APIError(
+            400, "Last-Event-ID must be the integer id of an event", param="Last-Event-ID"
+        ) from None
+
+
 class RunService:
     """Starts runs in background tasks and answers the runs endpoints."""
 
@@ -173,6 +193,15 @@ class RunService:
             ):
                 await self._publish(run, event)
         except asyncio.CancelledError:
+            # The agent closed the run as cancelled, but its RunFinished went to a consumer
+            # that is gone: give followers of the live log the stored ending.
+            record = await self.store.get_run(run.id)
+            last = run.events[-1]["type"] if run.events else None
+            if record is not None and record.result is not None and last != RunFinished.type:
+                await self._publish(run, RunFinished(
+                    run_id=run.id, result=record.result, status=record.status,
+                    finish_reason=str(record.result.get("finish_reason") or "cancelled"),
+                ))
             raise
         except Exception as exc:  # a bug or store failure: the run is closed by the agent
             run.failure = repr(exc)
@@ -229,14 +258,35 @@ class RunService:
 
     async def events(self, request: Request) -> Response:
         record, live = await self._owned(request)
-        source = self._follow_live(live) if live is not None else self._follow_store(record)
+        after = _last_event_id(request)
+        source = (
+            self._follow_live(live, after) if live is not None else self._follow_store(record, after)
+        )
         return StreamingResponse(source, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    async def _follow_live(self, run: _LiveRun) -> AsyncIterator[str]:
-        sent = 0
+    async def cancel(self, request: Request) -> Response:
+        record, live = await self._owned(request)
+        if live is not None and live.task is not None and not live.done:
+            live.task.cancel()
+            await asyncio.wait({live.task})  # the agent closes the run as cancelled
+            return JSONResponse(self._run_body(await self.store.get_run(live.id), live))
+        run_id = request.path_params["run_id"]
+        status = record.status if record is not None else "running"
+        if status == "running":
+            raise APIError(
+                409, f"run {run_id!r} executes in another server process; cancel it there",
+                param="run_id", code="run_not_cancellable",
+            )
+        raise APIError(
+            409, f"run {run_id!r} has already finished ({status})", param="run_id",
+            code="run_finished",
+        )
+
+    async def _follow_live(self, run: _LiveRun, after: int = 0) -> AsyncIterator[str]:
+        sent = after
         while True:
             async with run.changed:
-                while sent == len(run.events) and not run.done:
+                while sent >= len(run.events) and not run.done:
                     await run.changed.wait()
             while sent < len(run.events):
                 event = run.events[sent]
@@ -245,11 +295,11 @@ class RunService:
             if run.done:
                 return
 
-    async def _follow_store(self, record: RunRecord | None) -> AsyncIterator[str]:
+    async def _follow_store(self, record: RunRecord | None, after: int = 0) -> AsyncIterator[str]:
         assert record is not None
         store: Any = self.store
         read = getattr(store, "get_events", None)
-        cursor = 0
+        cursor = after
         while True:
             current = await store.get_run(record.id)
             finished = current is None or current.status != "running"

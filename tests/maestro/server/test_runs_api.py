@@ -216,3 +216,61 @@ def test_a_failing_model_fails_the_run(serve: Callable[..., LiveServer]) -> None
         with http.stream("GET", f"/runs/{run_id}/events") as stream:
             last = sse_events(stream)[-1]
         assert last["type"] == "run_finished" and last["status"] == "failed"
+
+
+def sse_ids_and_events(response: httpx.Response) -> list[tuple[int, dict[str, Any]]]:
+    out, current = [], None
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            current = int(line[len("id: ") :])
+        elif line.startswith("data: "):
+            assert current is not None, "every event carries an id"
+            out.append((current, json.loads(line[len("data: ") :])))
+    return out
+
+
+def test_event_stream_resumes_after_last_event_id(serve: Callable[..., LiveServer]) -> None:
+    live = serve(create_app(model()))
+    with httpx.Client(base_url=live.base_url, timeout=20) as http:
+        run_id = http.post("/runs", json=RUN).raise_for_status().json()["id"]
+        with http.stream("GET", f"/runs/{run_id}/events") as stream:
+            full = sse_ids_and_events(stream)
+        ids = [i for i, _ in full]
+        assert ids == sorted(set(ids)) and len(ids) > 4
+        cut = ids[3]
+        with http.stream("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": str(cut)}) as again:
+            rest = sse_ids_and_events(again)
+        assert rest == full[4:]  # exactly the events after the cut: none lost, none twice
+        with http.stream("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": str(ids[-1])}) as end:
+            assert sse_ids_and_events(end) == []
+        bad = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "yesterday"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_cancel_a_running_run(serve: Callable[..., LiveServer]) -> None:
+    async def slow(messages: list[Message], options: ModelRequestOptions) -> str:
+        import asyncio
+
+        if "steps" in (options.response_format or {}).get("properties", {}):
+            return plan(plan_step("s1", "calculator", {"expression": "2 + 2"}))
+        await asyncio.sleep(60)  # the draft never comes unless cancelled
+        return "4"
+
+    live = serve(create_app(FunctionModel(slow), api_key={"key-alice": "alice", "key-bob": "bob"}))
+    alice = httpx.Client(base_url=live.base_url, headers={"Authorization": "Bearer key-alice"}, timeout=20)
+    bob = httpx.Client(base_url=live.base_url, headers={"Authorization": "Bearer key-bob"}, timeout=20)
+    with alice, bob:
+        run_id = alice.post("/runs", json={"input": "2 + 2?", "tools": ["calculator"]}).raise_for_status().json()["id"]
+        assert bob.post(f"/runs/{run_id}/cancel").status_code == 404  # not bob's run
+        assert alice.post("/runs/run_nosuchrun/cancel").status_code == 404
+        started = time.monotonic()
+        cancelled = alice.post(f"/runs/{run_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert time.monotonic() - started < 10  # did not wait for the 60 s draft
+        assert alice.get(f"/runs/{run_id}").json()["status"] == "cancelled"
+        with alice.stream("GET", f"/runs/{run_id}/events") as stream:
+            last = sse_events(stream)[-1]
+        assert last["type"] == "run_finished" and last["status"] == "cancelled"
+        again = alice.post(f"/runs/{run_id}/cancel")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "run_finished"
