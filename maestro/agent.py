@@ -28,7 +28,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -74,6 +74,7 @@ class Agent:
         approval: ApprovalCallback | None = None,
         output_type: Any = None,
         name: str = "agent",
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(model, str):  # a spec: registry name, path, URL (see maestro.llm.spec)
             from maestro.llm.spec import resolve_model
@@ -97,6 +98,9 @@ class Agent:
         self.output_type = output_type
         self._output_adapter = None if output_type is None else pydantic.TypeAdapter(output_type)
         self.name = name
+        # JSON-serialisable facts stored with each run (e.g. how a CLI can rebuild this agent
+        # to resume it); the loop does not read them.
+        self.metadata = dict(metadata or {})
 
     # --- public entry points -----------------------------------------------------------------
 
@@ -229,6 +233,8 @@ class Agent:
             "requirements": [r.to_dict() for r in reqs],
             "output_type": getattr(self.output_type, "__name__", None),
         }
+        if self.metadata:
+            payload["metadata"] = self.metadata
         await self.store.create_run(
             RunRecord(id=new_id, task=task, agent_name=self.name, user_id=user_id, payload=payload)
         )

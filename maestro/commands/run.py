@@ -129,8 +129,56 @@ class _Options:
         self.store, self.workspace, self.quiet = store, workspace, quiet
         self.max_seconds: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """What ``maestro runs resume`` needs to rebuild the agent (stored with the run)."""
+        return {
+            "requirements": self.requirements, "must_contain": self.must_contain,
+            "budget": self.budget, "model": self.model, "tools": self.tools,
+            "workspace": str(self.workspace.resolve()), "max_seconds": self.max_seconds,
+        }  # fmt: skip
 
-async def _run(opts: _Options) -> dict[str, Any]:
+    @classmethod
+    def from_dict(cls, task: str, data: dict[str, Any], url: str | None, quiet: bool) -> _Options:
+        opts = cls(
+            task, list(data.get("requirements", [])), list(data.get("must_contain", [])),
+            data.get("budget", "low"), data.get("model"), list(data.get("tools", [])), url, True,
+            Path(data.get("workspace", ".")), quiet,
+        )  # fmt: skip
+        opts.max_seconds = data.get("max_seconds")
+        return opts
+
+
+#: The run payload key holding a ``maestro run``'s options (see ``_Options.to_dict``).
+METADATA_KEY = "maestro_run"
+
+
+def resume_stored(run_id: str, task: str, payload: dict[str, Any], url: str | None,
+                  as_json: bool) -> NoReturn:  # fmt: skip
+    """Finish a stored ``maestro run`` run (for ``maestro runs resume``); exits like ``run``."""
+    from maestro.errors import MaestroError
+
+    data = (payload.get("metadata") or {}).get(METADATA_KEY)
+    if not isinstance(data, dict):
+        _fail(
+            f"run {run_id!r} was not started by `maestro run`, so its model and tools are not "
+            "known here: resume it from the program that owns them with `await agent.resume(run_id)`",
+            as_json, None,
+        )  # fmt: skip
+    try:
+        opts = _Options.from_dict(task, data, url, quiet=False)
+        summary = asyncio.run(_run(opts, resume_id=run_id))
+    except (CommandError, MaestroError, typer.BadParameter) as exc:
+        _fail(str(exc), as_json, data.get("model"))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    _print(summary, as_json)
+    if summary["status"] != "completed":
+        raise SystemExit(EXIT_ERROR)
+    raise SystemExit(EXIT_MET if summary["passed"] else EXIT_NOT_MET)
+
+
+async def _run(opts: _Options, resume_id: str | None = None) -> dict[str, Any]:
+    """Run opts.task (or, with ``resume_id``, finish that stored run) and summarise it."""
     from maestro import Agent, Budget, RunFinished
     from maestro.llm.spec import display_name, resolve_model
 
@@ -142,12 +190,18 @@ async def _run(opts: _Options) -> dict[str, Any]:
         tools = await _tools(opts, db, stack)
         run_store: RunStore | None = db.runs if (db is not None and opts.store) else None
         budget = Budget.of(opts.budget, max_wall_seconds=opts.max_seconds)
-        agent = Agent(model, tools=tools, budget=budget, store=run_store, name="maestro-run")
+        agent = Agent(model, tools=tools, budget=budget, store=run_store, name="maestro-run",
+                      metadata={METADATA_KEY: opts.to_dict()})  # fmt: skip
         summary: dict[str, Any] | None = None
-        async for event in agent.run_stream(opts.task, requirements=_requirements(opts)):
-            progress.show(event)
-            if isinstance(event, RunFinished):
-                summary = {**event.result, "status": event.status}
+        if resume_id is not None:
+            progress.line(f"resuming run {resume_id} ...")
+            result = await agent.resume(resume_id, requirements=_requirements(opts))
+            summary = {**result.to_dict(), "status": result.status}
+        else:
+            async for event in agent.run_stream(opts.task, requirements=_requirements(opts)):
+                progress.show(event)
+                if isinstance(event, RunFinished):
+                    summary = {**event.result, "status": event.status}
     if summary is None:
         raise CommandError("the run ended without a result")
     return _result(summary, model.model_name, opts.tools)

@@ -62,25 +62,39 @@ def show(run_id: str, url: UrlOption = None) -> None:
 
 
 @app.command()
-def resume(run_id: str, url: UrlOption = None) -> None:
-    """Finish an interrupted workflow run from its last committed step."""
+def resume(
+    run_id: str,
+    url: UrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Finish an interrupted run from its last committed step: a @workflow run, or an agent
+    run started by `maestro run` (its model, tools and requirements were stored with it).
+    Exit status as for `maestro run`: 0 met, 1 a mandatory requirement not met, 2 error."""
     from maestro.memory.cliutil import run_with_db
     from maestro.memory.errors import UserError
+    from maestro.runs import RunRecord
     from maestro.workflow import resume_run
+
+    agent_run: list[RunRecord] = []
 
     async def body(db: Database) -> None:
         run = await db.runs.get_run(run_id)
         if run is None:
             raise UserError(f"no run {run_id!r}")
-        if "workflow" not in run.payload:
-            raise UserError(
-                f"run {run_id!r} is an agent run ({run.agent_name!r}): resume it from the "
-                "program that owns its model and tools with `await agent.resume(run_id)`"
-            )
-        value = await resume_run(db.runs, run_id)
-        typer.echo(json.dumps({"run_id": run_id, "value": value}, default=str))
+        if "workflow" in run.payload:
+            value = await resume_run(db.runs, run_id)
+            typer.echo(json.dumps({"run_id": run_id, "value": value}, default=str))
+        else:
+            agent_run.append(run)
 
-    run_with_db(body, url)
+    try:
+        run_with_db(body, url)
+    except SystemExit as exc:  # errors exit 2 here, as in `maestro run` (run_with_db says 1)
+        raise SystemExit(2 if exc.code == 1 else exc.code) from exc
+    if agent_run:  # outside the database loop above: the agent run opens its own
+        from maestro.commands.run import resume_stored
+
+        resume_stored(run_id, agent_run[0].task, agent_run[0].payload, url, as_json)
 
 
 @app.command()

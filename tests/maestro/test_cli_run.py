@@ -136,3 +136,71 @@ def test_agent_accepts_a_spec_string() -> None:
     assert agent.run_sync("greet").answer == "hello"
     with pytest.raises(UserError, match="no host"):
         Agent("https://")
+
+
+# --- maestro runs resume of a `maestro run` run -----------------------------------------------
+
+
+def test_runs_resume_finishes_an_interrupted_maestro_run(tmp_path: Path) -> None:
+    """A `maestro run` stores its options with the run; when the process died mid-run (the
+    row left `running`), `maestro runs resume` rebuilds the agent from them and finishes it."""
+    import asyncio
+
+    from maestro.memory import Database
+
+    db_path = tmp_path / "m.db"
+    url = f"sqlite:///{db_path}"
+    first = maestro("How many eggs in 17 boxes of 12?", "--model", ANSWER, "--must-contain",
+                    "204", "--json", db=db_path)  # fmt: skip
+    assert first.exit_code == 0, first.output
+    stored_id = json.loads(first.stdout)["run_id"]
+
+    async def interrupted_copy() -> str:
+        """The same run as it was before its process was killed: running, no steps."""
+        from maestro.runs import RunRecord
+
+        db = await Database.open(url)
+        try:
+            done = await db.runs.get_run(stored_id)
+            assert done is not None and done.payload["metadata"]["maestro_run"]["model"] == ANSWER
+            record = RunRecord(id="run_interrupted1", task=done.task, agent_name=done.agent_name,
+                               user_id=None, payload=done.payload)  # fmt: skip
+            await db.runs.create_run(record)
+            return record.id
+        finally:
+            await db.close()
+
+    run_id = asyncio.run(interrupted_copy())
+    runs = ["runs", "resume", run_id, "--url", url, "--json"]
+    resumed = CliRunner().invoke(build_app(), runs)
+    assert resumed.exit_code == 0, resumed.output
+    data = json.loads(resumed.stdout)
+    assert data["run_id"] == run_id and data["status"] == "completed" and data["passed"] is True
+    assert data["answer"] == "The answer is 204 eggs."
+    assert data["requirements"][0]["description"] == "the answer contains '204'"  # rebuilt check
+    shown = CliRunner().invoke(build_app(), ["runs", "show", run_id, "--url", url])
+    assert "completed" in shown.stdout
+
+
+def test_runs_resume_refuses_an_agent_run_it_cannot_rebuild(tmp_path: Path) -> None:
+    import asyncio
+
+    from maestro.memory import Database
+    from maestro.runs import RunRecord
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+
+    async def python_run() -> None:
+        db = await Database.open(url)
+        try:
+            await db.runs.create_run(RunRecord(id="run_frompython1", task="t",
+                                               agent_name="mine", user_id=None, payload={}))  # fmt: skip
+        finally:
+            await db.close()
+
+    asyncio.run(python_run())
+    result = CliRunner().invoke(build_app(), ["runs", "resume", "run_frompython1", "--url", url])
+    assert result.exit_code == 2
+    assert "was not started by `maestro run`" in result.stderr and "agent.resume" in result.stderr
+    missing = CliRunner().invoke(build_app(), ["runs", "resume", "run_nope", "--url", url])
+    assert missing.exit_code == 2 and "no run 'run_nope'" in missing.stderr
