@@ -42,6 +42,10 @@ def ingest(
     from maestro.memory.cliutil import run_with_db
     from tools.retrieval import Retriever, default_embedder
 
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # before loading anything
+        typer.echo(f"error: {missing[0]}: no such file or directory", err=True)
+        raise SystemExit(1)
     if embed:
         typer.echo("loading the embedding model (all-MiniLM-L6-v2, if installed)...", err=True)
     embedder = default_embedder() if embed else None

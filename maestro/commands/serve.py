@@ -68,6 +68,7 @@ def serve(
 
     from maestro import settings
     from maestro.errors import MaestroError
+    from maestro.llm.local import LocalModel
     from maestro.llm.spec import resolve_model
     from maestro.server import create_app
 
@@ -78,6 +79,9 @@ def serve(
         )
     try:
         served = resolve_model(model)
+        if isinstance(served, LocalModel):  # a bad name or file fails now, not at a request
+            typer.echo(f"loading model {served.model_name} ...", err=True)
+            served.load_now()
         if store and db is None and "MAESTRO_DATABASE_URL" not in os.environ:
             settings.data_dir().mkdir(parents=True, exist_ok=True)
         database = (db or settings.database_url()) if store else None

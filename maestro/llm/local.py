@@ -164,6 +164,15 @@ class LocalModel(Model):
                     self._engine = await anyio.to_thread.run_sync(self._load_blocking)
         return self._engine
 
+    def load_now(self) -> Any:
+        """Load the engine now, synchronously: for a command that should fail on a bad model
+        before it starts serving (no event loop needed). Returns the ``LanguageModel``."""
+        if self._engine is None:
+            if not self._injected:
+                ensure_real_models_allowed(f"LocalModel({self.model_name!r})")
+            self._engine = self._load_blocking()
+        return self._engine
+
     def _load_blocking(self) -> Any:
         try:
             from model import load

@@ -88,3 +88,14 @@ def test_maestro_serve_end_to_end(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=20)
     assert list(tmp_path.rglob("*.db")), "runs were not stored in the default database"
+
+
+@pytest.mark.real_model
+def test_serve_refuses_an_unknown_model_before_serving() -> None:
+    from maestro.testing import allow_real_models
+
+    with allow_real_models():
+        result = CliRunner().invoke(app, ["--model", "no-such-model-xyz", "--no-store"])
+    assert result.exit_code == 2
+    assert "'no-such-model-xyz' is not a registered model" in result.stderr
+    assert "Traceback" not in result.output
