@@ -4,7 +4,8 @@ Exit codes: ``run``, ``chat`` and ``runs resume`` use 2 for errors (``run``: 1 m
 mandatory requirement was not met); the database commands (``ingest``, ``memory``, ``runs``,
 ``worker``, ``db``) and ``model`` use 1; usage errors caught by the argument parser (a missing
 option, a value out of range, an unknown subcommand) are 2. Nothing here loads a model or
-leaves the machine: unknown names fail before any download, and ``127.0.0.1:9`` refuses.
+leaves the machine: unknown names fail before any download. (An unreachable model URL is
+retried with backoff for several seconds; tests/maestro/test_openai_model.py covers that.)
 """
 
 from __future__ import annotations
