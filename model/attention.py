@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import kernels
 from model.cache import KVState
 from model.config import ModelConfig
 from model.layers import Linear
@@ -67,17 +68,6 @@ def rope_cos_sin(
     freqs = positions[..., None].float() * inv_freq  # (B, L, hd/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (B, L, hd)
     return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, heads, L, hd) by the tables (B, L, hd)."""
-    cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, hd)
-    return x * cos + _rotate_half(x) * sin
 
 
 def causal_mask(
@@ -127,12 +117,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, length, _ = x.shape
         hd = self.head_dim
-        q = self.q_proj(x).view(b, length, self.num_heads, hd).transpose(1, 2)  # (B, H, L, hd)
-        k = self.k_proj(x).view(b, length, self.num_kv_heads, hd).transpose(1, 2)  # (B, Hkv, L, hd)
-        v = self.v_proj(x).view(b, length, self.num_kv_heads, hd).transpose(1, 2)
+        q = self.q_proj(x).view(b, length, self.num_heads, hd)  # (B, L, H, hd)
+        k = self.k_proj(x).view(b, length, self.num_kv_heads, hd)  # (B, L, Hkv, hd)
+        v = self.v_proj(x).view(b, length, self.num_kv_heads, hd)
         if inputs.rope is not None:
             cos, sin = inputs.rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = kernels.rope(q, cos, sin), kernels.rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
         if kv is not None:
             end = inputs.start + length
             kv.k[:, :, inputs.start : end] = k

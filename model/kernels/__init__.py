@@ -3,7 +3,7 @@
 Ops: ``selective_scan`` (prefill) and ``selective_state_update`` (one step), ``causal_conv1d``
 and ``causal_conv1d_update``, ``mamba_decode_step`` (the whole Jamba mixer between in_proj and
 out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantised matmul, used
-by :mod:`model.quant`), ``rms_norm``, ``linear`` (a multi-threaded matvec for decode).
+by :mod:`model.quant`), ``rms_norm``, ``rope``, ``linear`` (a multi-threaded matvec for decode).
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -38,6 +38,7 @@ from model.kernels.quant_linear import (
     unpack_int4,
 )
 from model.kernels.rms_norm import rms_norm, rms_norm_ref
+from model.kernels.rope import rope, rope_ref
 from model.kernels.selective_scan import (
     selective_scan,
     selective_scan_ref,
@@ -66,6 +67,8 @@ __all__ = [
     "register_backend",
     "rms_norm",
     "rms_norm_ref",
+    "rope",
+    "rope_ref",
     "selective_scan",
     "selective_scan_ref",
     "selective_state_update",

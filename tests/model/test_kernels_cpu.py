@@ -369,3 +369,20 @@ def test_linear(rows, with_bias):
                                kernels.linear_ref(x.bfloat16(), weight.bfloat16()))
     wt = torch.randn(100, 37, generator=g).t()
     torch.testing.assert_close(kernels.linear(x, wt), kernels.linear_ref(x, wt))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 9, 64), (2, 37, 3, 64), (1, 5, 2, 6)])
+def test_rope(shape):
+    g = torch.Generator().manual_seed(17)
+    b, length, heads, hd = shape
+    x = torch.randn(*shape, generator=g)
+    angles = torch.rand(b, length, hd // 2, generator=g) * 10
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    y = kernels.rope(x, cos, sin)
+    assert y.shape == x.shape
+    _assert_fp32(f"rope {shape}", y, kernels.rope_ref(x, cos, sin), tol=1e-6)
+    # a strided view (q as a view of the projection output) and bf16 (the reference path)
+    wide = torch.randn(b, length, heads, 2 * hd, generator=g)[..., :hd]
+    _assert_fp32("rope strided", kernels.rope(wide, cos, sin), kernels.rope_ref(wide, cos, sin), tol=1e-6)
+    torch.testing.assert_close(kernels.rope(x.bfloat16(), cos.bfloat16(), sin.bfloat16()),
+                               kernels.rope_ref(x.bfloat16(), cos.bfloat16(), sin.bfloat16()))

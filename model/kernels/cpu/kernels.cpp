@@ -1022,6 +1022,42 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------
+// RoPE, rotate_half convention: x (B, L, H, hd) fp32, cos/sin (B, L, hd) fp32.
+//   out[i]        = x[i] * cos[i] - x[i + hd/2] * sin[i]
+//   out[i + hd/2] = x[i + hd/2] * cos[i + hd/2] + x[i] * sin[i + hd/2]     (i < hd/2)
+// ---------------------------------------------------------------------------------------
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4,
+              "rope: x must be a CPU fp32 (B, L, H, hd) tensor");
+  const int64_t batch = x.size(0), length = x.size(1), heads = x.size(2), hd = x.size(3);
+  TORCH_CHECK(hd % 2 == 0, "rope: head_dim must be even");
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 3 && cos.size(0) == batch &&
+                  cos.size(1) == length && cos.size(2) == hd,
+              "rope: cos and sin must be (B, L, hd)");
+  const Tensor xc = x.contiguous(), cc = f32(cos), sc = f32(sin);
+  Tensor out = at::empty_like(xc);
+  const float *xp = xc.data_ptr<float>(), *cp = cc.data_ptr<float>(), *sp = sc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t half = hd / 2, rows = batch * length;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(heads * hd, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float *c = cp + r * hd, *s = sp + r * hd;
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* xi = xp + (r * heads + h) * hd;
+        float* o = op + (r * heads + h) * hd;
+#pragma omp simd
+        for (int64_t i = 0; i < half; ++i) {
+          o[i] = xi[i] * c[i] - xi[i + half] * s[i];
+          o[i + half] = xi[i + half] * c[i + half] + xi[i] * s[i + half];
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(model_kernels, m) {
@@ -1047,6 +1083,7 @@ TORCH_LIBRARY(model_kernels, m) {
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scale, Tensor minimum, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("linear_matvec(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
@@ -1059,4 +1096,5 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("rms_norm", &rms_norm);
   m.impl("linear_matvec", &linear_matvec);
+  m.impl("rope", &rope);
 }

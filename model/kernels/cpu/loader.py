@@ -133,6 +133,10 @@ def _register_fakes() -> None:
     def _rms(x, weight, eps):
         return torch.empty_like(x)
 
+    @torch.library.register_fake(lib + "rope")
+    def _rope(x, cos, sin):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake(lib + "linear_matvec")
     def _matvec(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
@@ -213,7 +217,15 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return ops.linear_matvec(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
 
+    def rope(x, cos, sin):
+        if x.dtype != torch.float32 or cos.dtype != torch.float32 or x.dim() != 4:
+            from model.kernels.rope import rope_ref  # bf16: the reference's roundings
+
+            return rope_ref(x, cos, sin)
+        return ops.rope(x, cos, sin)
+
     return {
+        "rope": rope,
         "linear": linear,
         "rms_norm": rms_norm,
         "int4_linear": int4_linear,
