@@ -20,9 +20,13 @@ Supported tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 import re
+import struct
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,7 @@ from model.errors import CheckpointError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
     import torch
+    from gguf import GGMLQuantizationType
 
     from model.transformer import CausalLM
 
@@ -48,40 +53,235 @@ SUPPORTED_ARCHITECTURES = ("jamba", "llama")
 SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 
 
+# ------------------------------------------------------------------------------------ container
+#
+# The GGUF container, little-endian throughout (gguf-py's GGUFReader reads the same, but builds
+# a numpy view per array element: ~100k views for a tokenizer, seconds per load):
+#
+#   magic "GGUF" | version u32 (2 or 3) | tensor count u64 | KV count u64
+#   KV * (key: string, value type: u32, value)
+#   tensor info * (name: string, n_dims u32, dims u64 * n_dims, type u32, offset u64)
+#   padding to general.alignment (default 32) | tensor data (offsets relative to here)
+#
+# string = length u64 + UTF-8 bytes; array = element type u32 + count u64 + elements.
+# Metadata values come out as gguf-py's ``ReaderField.contents()`` gives them (arrays of
+# arrays flattened, as it does), plus its GGUF.version / tensor_count / kv_count entries.
+
+_MAGIC = b"GGUF"
+_VERSIONS = (2, 3)
+_STRING, _ARRAY = 8, 9
+_SCALARS = {  # value type -> struct code
+    0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d",
+}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class _Malformed(Exception):
+    """Raised inside the parser; GGUFFile turns it into a CheckpointError naming the file."""
+
+    def __init__(self, message: str, tensor: str | None = None) -> None:
+        super().__init__(message)
+        self.tensor = tensor
+
+
+@dataclass(frozen=True)
+class _TensorInfo:
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]  # GGUF order: fastest-varying dimension first
+    offset: int  # absolute byte offset in the file
+    n_bytes: int
+
+
+class _HeaderParser:
+    """Reads the header from a buffer, checking every read against the buffer's end."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.end = len(buf)
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> int:
+        start = self.pos
+        if n < 0 or start + n > self.end:
+            raise _Malformed(
+                f"truncated header: {what} at byte {start} needs {n} bytes, the file has {self.end}"
+            )
+        self.pos = start + n
+        return start
+
+    def u32(self, what: str) -> int:
+        value: int = _U32.unpack_from(self.buf, self.take(4, what))[0]
+        return value
+
+    def u64(self, what: str) -> int:
+        value: int = _U64.unpack_from(self.buf, self.take(8, what))[0]
+        return value
+
+    def string(self, what: str) -> str:
+        n = self.u64(what)
+        start = self.take(n, what)
+        try:
+            return str(self.buf[start : start + n], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Malformed(f"{what} at byte {start} is not valid UTF-8 ({exc.reason})") from None
+
+    def value(self, vtype: int, what: str) -> Any:
+        code = _SCALARS.get(vtype)
+        if code is not None:
+            size = struct.calcsize("<" + code)
+            return struct.unpack_from("<" + code, self.buf, self.take(size, what))[0]
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype == _ARRAY:
+            return self.array(what)
+        raise _Malformed(f"{what} has unknown value type {vtype}")
+
+    def array(self, what: str) -> list[Any]:
+        etype = self.u32(what)
+        count = self.u64(what)
+        code = _SCALARS.get(etype)
+        if code is not None:
+            fmt = f"<{count}{code}"
+            size = count * struct.calcsize("<" + code)
+            return list(struct.unpack_from(fmt, self.buf, self.take(size, what)))
+        if etype == _STRING:
+            return self._strings(count, what)
+        if etype == _ARRAY:  # flattened, as gguf-py's ReaderField.contents() gives them
+            return [x for _ in range(count) for x in self.array(what)]
+        raise _Malformed(f"{what} is an array of unknown value type {etype}")
+
+    def _strings(self, count: int, what: str) -> list[str]:
+        # The hot loop (~100k tokenizer strings): locals only, one bounds check per string.
+        buf, end, pos = self.buf, self.end, self.pos
+        if 8 * count > end - pos:  # every string has at least its length field
+            raise _Malformed(f"truncated header: {what} ({count} strings) runs past the end of the file")
+        unpack = _U64.unpack_from
+        out: list[str] = []
+        append = out.append
+        try:
+            for _ in range(count):
+                if pos + 8 > end:
+                    break
+                start = pos + 8
+                pos = start + unpack(buf, pos)[0]
+                if pos > end:
+                    break
+                append(str(buf[start:pos], "utf-8"))
+            else:
+                self.pos = pos
+                return out
+        except UnicodeDecodeError as exc:
+            raise _Malformed(f"{what}: string #{len(out)} is not valid UTF-8 ({exc.reason})") from None
+        raise _Malformed(f"truncated header: {what} runs past the end of the file ({end} bytes)")
+
+
+def _parse_gguf(buf: mmap.mmap) -> tuple[dict[str, Any], list[_TensorInfo]]:
+    """(metadata, tensor infos) of the GGUF file in ``buf``; raises _Malformed."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    p = _HeaderParser(buf)
+    p.take(4, "the magic number")
+    magic = buf[:4]
+    if magic != _MAGIC:
+        raise _Malformed(f"not a GGUF file (starts with {magic!r}, expected {_MAGIC!r})")
+    version = p.u32("the version")
+    if version not in _VERSIONS:
+        hint = "; big-endian GGUF files are not supported" if version & 0xFFFF == 0 else ""
+        raise _Malformed(f"GGUF version {version} is not supported (supported: 2, 3){hint}")
+    n_tensors = p.u64("the tensor count")
+    n_kv = p.u64("the metadata count")
+    metadata: dict[str, Any] = {
+        "GGUF.version": version, "GGUF.tensor_count": n_tensors, "GGUF.kv_count": n_kv,
+    }
+    for i in range(n_kv):
+        key = p.string(f"metadata key #{i}")
+        if key in metadata:
+            raise _Malformed(f"metadata key {key!r} appears twice")
+        metadata[key] = p.value(p.u32(f"the type of {key!r}"), f"the value of {key!r}")
+
+    raw_infos = []
+    for i in range(n_tensors):
+        name = p.string(f"the name of tensor #{i}")
+        n_dims = p.u32(f"the rank of tensor {name!r}")
+        dims_at = p.take(8 * n_dims, f"the shape of tensor {name!r}")
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, dims_at)
+        raw_type = p.u32(f"the type of tensor {name!r}")
+        offset = p.u64(f"the data offset of tensor {name!r}")
+        raw_infos.append((name, tuple(int(d) for d in dims), raw_type, offset))
+
+    alignment = metadata.get("general.alignment", 32)
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+        raise _Malformed(f"general.alignment {alignment!r} is not a power of two")
+    data_start = -(-p.pos // alignment) * alignment
+
+    tensors: list[_TensorInfo] = []
+    seen: set[str] = set()
+    for name, dims, raw_type, offset in raw_infos:
+        if name in seen:
+            raise _Malformed("tensor appears twice", name)
+        seen.add(name)
+        try:
+            qtype = GGMLQuantizationType(raw_type)
+            block_size, type_size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise _Malformed(f"unknown tensor type code {raw_type}", name) from None
+        if dims and dims[0] % block_size:
+            raise _Malformed(
+                f"row length {dims[0]} is not a multiple of the {qtype.name} block size {block_size}",
+                name,
+            )
+        n_bytes = math.prod(dims) * type_size // block_size
+        start = data_start + offset
+        if start + n_bytes > len(buf):
+            raise _Malformed(
+                f"tensor data ({qtype.name}, {n_bytes} bytes at byte {start}) runs past the end "
+                f"of the file ({len(buf)} bytes): the file is truncated (download it again)",
+                name,
+            )
+        tensors.append(_TensorInfo(name, qtype, dims, start, n_bytes))
+    return metadata, tensors
+
+
 class GGUFFile:
     """An opened GGUF file: its metadata as plain Python values and its tensor index.
 
-    The reader memory-maps the file, so opening is cheap in memory; tensor bytes are read only
-    when ``tensor()`` dequantises them.
+    The file is memory-mapped, so opening is cheap in memory; tensor bytes are read only when
+    ``tensor()`` dequantises them.
     """
 
     def __init__(self, path: str | Path) -> None:
-        import gguf
-
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError("no such GGUF file", file=str(self.path))
+        if self.path.stat().st_size == 0:
+            raise CheckpointError("the file is empty, not a GGUF file", file=str(self.path))
         try:
-            self._reader = gguf.GGUFReader(self.path, "r")
-        except (ValueError, KeyError, IndexError, OSError, EOFError, UnicodeDecodeError) as exc:
+            with self.path.open("rb") as f:
+                self._mmap: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot map the file: {exc}", file=str(self.path)) from exc
+        try:
+            self.metadata, infos = _parse_gguf(self._mmap)
+        except _Malformed as exc:
+            self.close()
+            raise CheckpointError(str(exc), file=str(self.path), tensor=exc.tensor) from None
+        except (struct.error, OverflowError, MemoryError, RecursionError) as exc:
+            self.close()
             raise CheckpointError(
-                f"not a readable GGUF file (corrupted or truncated header: {exc})",
-                file=str(self.path),
+                f"not a readable GGUF file (corrupted header: {exc})", file=str(self.path)
             ) from exc
-        self.metadata: dict[str, Any] = {}
-        for key, field in self._reader.fields.items():
-            try:
-                self.metadata[key] = field.contents()
-            except Exception as exc:  # gguf raises assorted errors on malformed fields
-                raise CheckpointError(
-                    f"metadata key {key!r} cannot be decoded: {exc}", file=str(self.path)
-                ) from exc
-        self._tensors = {t.name: t for t in self._reader.tensors}
+        self._tensors = {t.name: t for t in infos}
 
     def close(self) -> None:
         """Drop the tensor index and the file mapping; ``metadata`` stays usable."""
         self._tensors = {}
-        self._reader = None
+        if self._mmap is not None:
+            # BufferError: an F32 tensor view is still alive; it keeps the mapping until freed.
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
+            self._mmap = None
 
     @property
     def architecture(self) -> str:
@@ -100,7 +300,7 @@ class GGUFFile:
     def tensor_type(self, name: str) -> str:
         return self._get(name).tensor_type.name
 
-    def _get(self, name: str) -> Any:
+    def _get(self, name: str) -> _TensorInfo:
         try:
             return self._tensors[name]
         except KeyError:
@@ -109,10 +309,11 @@ class GGUFFile:
     def tensor(self, name: str) -> np.ndarray:
         """Dequantised float32 array in numpy (row-major, HF) order: shape = reversed GGUF dims."""
         from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
+        from gguf.quants import dequantize, quant_shape_to_byte_shape
 
         info = self._get(name)
         qtype = info.tensor_type
+        assert self._mmap is not None  # close() empties _tensors, so _get raised already
         if qtype.name not in SUPPORTED_TENSOR_TYPES:
             raise CheckpointError(
                 f"tensor type {qtype.name} is not supported (supported: "
@@ -120,14 +321,19 @@ class GGUFFile:
                 file=str(self.path),
                 tensor=name,
             )
-        shape = tuple(int(d) for d in reversed(info.shape.tolist()))
+        shape = tuple(reversed(info.shape))
         try:
+            # Handed to dequantize as gguf-py's reader would: floats by element, quantised
+            # types as (rows, bytes per row), which it dequantises a few rows at a time.
             if qtype == GGMLQuantizationType.F32:
-                array = np.asarray(info.data, dtype=np.float32)
+                return np.frombuffer(self._mmap, "<f4", math.prod(shape), info.offset).reshape(shape)
+            if qtype == GGMLQuantizationType.F16:
+                data = np.frombuffer(self._mmap, "<f2", math.prod(shape), info.offset).reshape(shape)
             else:
-                array = dequantize(info.data, qtype)
-            return array.reshape(shape)
-        except (ValueError, TypeError) as exc:
+                data = np.frombuffer(self._mmap, np.uint8, info.n_bytes, info.offset)
+                data = data.reshape(quant_shape_to_byte_shape(shape, qtype))
+            return dequantize(data, qtype).reshape(shape)
+        except (ValueError, TypeError, IndexError) as exc:
             raise CheckpointError(
                 f"cannot dequantise {qtype.name} data to shape {shape}: {exc}",
                 file=str(self.path),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -121,6 +122,108 @@ def test_corrupted_header_is_a_checkpoint_error(tmp_path, tiny_llama):
         GGUFFile(truncated)
     with pytest.raises(CheckpointError, match="no such GGUF file"):
         GGUFFile(tmp_path / "absent.gguf")
+
+
+def _assert_metadata_equals_reader(path: Path) -> gguf.GGUFReader:
+    """Every key as gguf-py's own reader gives it (the reference for our parser)."""
+    reader = gguf.GGUFReader(path)
+    ours = GGUFFile(path).metadata
+    ref = {key: field.contents() for key, field in reader.fields.items()}
+    assert list(ours) == list(ref)
+    for key, value in ref.items():
+        assert type(ours[key]) is type(value) and ours[key] == value, key
+        if isinstance(value, list):  # element types too: int stays int, float stays float
+            assert [type(x) for x in ours[key]] == [type(x) for x in value], key
+    return reader
+
+
+def test_metadata_equals_gguf_reader_on_tiny_files(tmp_path, tiny_llama):
+    """Strings, ints, floats, bools, arrays of strings / ints / floats (both vocabularies)."""
+    _assert_metadata_equals_reader(tiny_llama[0])
+    config, tensors = tiny_llama_hf_weights()
+    sp = write_tiny_llama_gguf(tmp_path / "sp.gguf", config, tensors, sentencepiece=True)
+    _assert_metadata_equals_reader(sp)
+    meta = GGUFFile(sp).metadata
+    assert isinstance(meta["tokenizer.ggml.scores"][-1], float) and meta["tokenizer.ggml.add_bos_token"] is True
+
+
+def test_metadata_equals_gguf_reader_on_the_default_model():
+    from model.registry import DEFAULT_MODEL, REGISTRY
+
+    source = REGISTRY[DEFAULT_MODEL]
+    if not source.is_cached:
+        pytest.skip(f"{DEFAULT_MODEL} is not in the model cache (maestro model pull {DEFAULT_MODEL})")
+    reader = _assert_metadata_equals_reader(source.cached_path)
+    gf = GGUFFile(source.cached_path)
+    assert len(gf.metadata["tokenizer.ggml.tokens"]) == 49152 and len(gf.metadata["tokenizer.ggml.merges"]) == 48900
+    assert gf.tensor_names == [t.name for t in reader.tensors]
+    assert [gf.tensor_type(t.name) for t in reader.tensors] == [t.tensor_type.name for t in reader.tensors]
+
+
+def _malformed(tmp_path: Path, name: str, data: bytes) -> CheckpointError:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as info:
+        GGUFFile(path)
+    assert info.value.file == str(path) and str(path) in str(info.value)
+    return info.value
+
+
+def test_malformed_headers_are_clear_checkpoint_errors(tmp_path, tiny_llama):
+    good = tiny_llama[0].read_bytes()
+    error = _malformed(tmp_path, "v7.gguf", good[:4] + (7).to_bytes(4, "little") + good[8:])
+    assert "GGUF version 7 is not supported (supported: 2, 3)" in str(error)
+    error = _malformed(tmp_path, "bigendian.gguf", good[:4] + (3).to_bytes(4, "big") + good[8:])
+    assert "big-endian" in str(error)
+    tokens_at = good.index(b"tokenizer.ggml.tokens")
+    error = _malformed(tmp_path, "cut.gguf", good[: tokens_at + 200])
+    assert "truncated header" in str(error) and "'tokenizer.ggml.tokens'" in str(error)
+    error = _malformed(tmp_path, "cut-key.gguf", good[: tokens_at + 5])
+    assert "truncated header" in str(error)
+    arch_type_at = good.index(b"general.architecture") + len(b"general.architecture")
+    patched = good[:arch_type_at] + (99).to_bytes(4, "little") + good[arch_type_at + 4 :]
+    error = _malformed(tmp_path, "type99.gguf", patched)
+    assert "'general.architecture' has unknown value type 99" in str(error)
+    assert "empty" in str(_malformed(tmp_path, "empty.gguf", b""))
+    assert "truncated header" in str(_malformed(tmp_path, "magic-only.gguf", b"GGUF"))
+
+
+def test_tensor_data_past_the_end_of_the_file_names_the_tensor(tmp_path, tiny_llama):
+    good = tiny_llama[0].read_bytes()
+    last = GGUFFile(tiny_llama[0]).tensor_names[-1]
+    error = _malformed(tmp_path, "short.gguf", good[:-4])
+    assert error.tensor == last and "runs past the end of the file" in str(error)
+    assert "the file is truncated" in str(error)
+
+
+def test_corrupted_bytes_never_escape_as_foreign_errors(tmp_path, tiny_llama):
+    """Every cut of the header and random byte flips: a CheckpointError or a readable file."""
+    good = tiny_llama[0].read_bytes()
+    header_end = good.index(b"blk.")  # somewhere inside the tensor infos
+    path = tmp_path / "fuzz.gguf"
+    for cut in [*range(64), *range(64, header_end + 64, 13)]:
+        path.write_bytes(good[:cut])
+        with pytest.raises(CheckpointError):
+            GGUFFile(path)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        data = bytearray(good)
+        for at in rng.integers(0, header_end + 64, size=3):
+            data[at] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(data))
+        with contextlib.suppress(CheckpointError):
+            GGUFFile(path).close()
+
+
+def test_close_keeps_metadata_and_live_tensor_views(tiny_llama):
+    gf = GGUFFile(tiny_llama[0])
+    view = gf.tensor("output_norm.weight")  # F32: a read-only view of the mapping
+    expected = tiny_llama[2]["model.norm.weight"]
+    gf.close()
+    np.testing.assert_array_equal(view, expected)
+    assert gf.metadata["general.architecture"] == "llama" and gf.tensor_names == []
+    with pytest.raises(CheckpointError, match="tensor missing"):
+        gf.tensor("output_norm.weight")
 
 
 def test_unknown_architecture_lists_supported(tmp_path):
