@@ -82,7 +82,6 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Run TASK and print the answer, the requirements report and usage."""
-    from maestro.errors import MaestroError
 
     options = _Options(
         task, requirement or [], must_contain or [], budget, model, tool or [], url, store,
@@ -91,10 +90,17 @@ def run(
     if max_seconds is not None and max_seconds <= 0:
         raise typer.BadParameter("must be positive", param_hint="--max-seconds")
     options.max_seconds = max_seconds
+    _run_and_exit(options, None, as_json)
+
+
+def _run_and_exit(options: _Options, resume_id: str | None, as_json: bool) -> NoReturn:
+    """Run (or resume) and exit with the documented status, printing the result."""
+    from maestro.errors import MaestroError
+
     try:
-        summary = asyncio.run(_run(options))
+        summary = asyncio.run(_run(options, resume_id=resume_id))
     except (CommandError, MaestroError) as exc:
-        _fail(str(exc), as_json, model)
+        _fail(str(exc), as_json, options.model)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     _print(summary, as_json)
@@ -155,7 +161,6 @@ METADATA_KEY = "maestro_run"
 def resume_stored(run_id: str, task: str, payload: dict[str, Any], url: str | None,
                   as_json: bool) -> NoReturn:  # fmt: skip
     """Finish a stored ``maestro run`` run (for ``maestro runs resume``); exits like ``run``."""
-    from maestro.errors import MaestroError
 
     data = (payload.get("metadata") or {}).get(METADATA_KEY)
     if not isinstance(data, dict):
@@ -166,15 +171,9 @@ def resume_stored(run_id: str, task: str, payload: dict[str, Any], url: str | No
         )  # fmt: skip
     try:
         opts = _Options.from_dict(task, data, url, quiet=False)
-        summary = asyncio.run(_run(opts, resume_id=run_id))
-    except (CommandError, MaestroError, typer.BadParameter) as exc:
-        _fail(str(exc), as_json, data.get("model"))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    _print(summary, as_json)
-    if summary["status"] != "completed":
-        raise SystemExit(EXIT_ERROR)
-    raise SystemExit(EXIT_MET if summary["passed"] else EXIT_NOT_MET)
+    except typer.BadParameter as exc:
+        _fail(f"the stored options of run {run_id!r} are not usable: {exc}", as_json, None)
+    _run_and_exit(opts, run_id, as_json)
 
 
 async def _run(opts: _Options, resume_id: str | None = None) -> dict[str, Any]:
