@@ -83,7 +83,8 @@ def test_maestro_serve_end_to_end(tmp_path: Path) -> None:
             openai.OpenAI(base_url=base, api_key="nope", max_retries=0).models.list()
         # Runs go to the default database under MAESTRO_HOME.
         run = client.post("/runs", body={"input": "say hello"}, cast_to=httpx.Response).json()
-        assert run["status"] == "running"
+        # The answer shows the run as it is then: a scripted model may already have finished.
+        assert run["object"] == "run" and run["status"] in ("running", "completed")
     finally:
         proc.terminate()
         proc.wait(timeout=20)
