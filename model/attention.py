@@ -8,7 +8,9 @@ every attention layer of one forward call (RoPE cos/sin, the mask) are built onc
 
 Decode does not re-materialise the cache: new k/v are written into their slots and
 ``scaled_dot_product_attention`` reads the used slice ``[:, :, :start+L]`` of the buffer, with
-``enable_gqa`` so the Hkv heads are not repeated H/Hkv times in memory.
+``enable_gqa`` so the Hkv heads are not repeated H/Hkv times in memory. A plain one-token step
+(no padding, no sliding window in the way) is one ``kernels.attention_decode`` op instead. The
+q/k/v projections run as one fused matmul (``model.layers.fused``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 from model import kernels
 from model.cache import KVState
 from model.config import ModelConfig
-from model.layers import Linear
+from model.layers import Linear, fused
 
 
 @dataclass
@@ -117,9 +119,20 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, length, _ = x.shape
         hd = self.head_dim
-        q = self.q_proj(x).view(b, length, self.num_heads, hd)  # (B, L, H, hd)
-        k = self.k_proj(x).view(b, length, self.num_kv_heads, hd)  # (B, L, Hkv, hd)
-        v = self.v_proj(x).view(b, length, self.num_kv_heads, hd)
+        qkv = fused(self, ("q_proj", "k_proj", "v_proj"))
+        if qkv is not None:
+            sizes = (self.num_heads * hd, self.num_kv_heads * hd, self.num_kv_heads * hd)
+            q, k, v = qkv(x).split(sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if kv is not None and length == 1 and inputs.mask is None and not inputs.is_causal:
+            # A plain decode step: RoPE, the cache write and attention in one op.
+            cos, sin = inputs.rope if inputs.rope is not None else (None, None)
+            out = kernels.attention_decode(q, k, v, kv.k, kv.v, inputs.start, cos, sin)
+            return self.o_proj(out)  # (B, 1, D)
+        q = q.reshape(b, length, self.num_heads, hd)  # (B, L, H, hd)
+        k = k.reshape(b, length, self.num_kv_heads, hd)  # (B, L, Hkv, hd)
+        v = v.reshape(b, length, self.num_kv_heads, hd)
         if inputs.rope is not None:
             cos, sin = inputs.rope
             q, k = kernels.rope(q, cos, sin), kernels.rope(k, cos, sin)

@@ -12,6 +12,8 @@ The attention mixer lives in ``model/attention.py`` and the Mamba mixer in ``mod
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +27,103 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.linear(x, self.weight, self.bias)
+
+
+def fused(owner: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+    """``owner``'s sibling projections ``names`` (same input) as ONE module, or None.
+
+    The fused module computes all of them at once: its output is theirs concatenated along
+    the last dimension (split it with their ``out_features``). One big matvec instead of two or
+    three small ones halves the per-token dispatch of a decode step and keeps both threads
+    streaming. It is built on first use and rebuilt whenever one of the projections (or one
+    of their tensors) is replaced, e.g. by ``model.quant.quantize_``, so it is never stale.
+
+    Memory is not doubled: the projections' own weights become row views into the fused
+    tensors, so a state dict still saves and loads them under their names (writes go into the
+    fused copy). Works for any module whose tensors all have one row per output feature:
+    ``nn.Linear`` (with or without bias) and ``model.quant.QuantLinear`` (int8 / int4, scales
+    and minima per row). Returns None, and the caller runs the projections one by one, when
+    they cannot be fused: different types, dtypes or bit widths, or weights that need
+    gradients.
+    """
+    parts = [getattr(owner, name) for name in names]
+    cached = owner.__dict__.get("_fused_" + names[0])
+    if cached is not None and _same(cached[0], parts):
+        return cached[1]
+    module = _concat_rows(parts)
+    if module is not None:  # (a refusal is not kept: gradients may be switched off later)
+        # Not a registered submodule: model.modules(), state_dict and quantize_ never see it.
+        owner.__dict__["_fused_" + names[0]] = (_leaves_of(parts), module)
+    return module
+
+
+def projection_tensors(module: nn.Module) -> list[torch.Tensor | None] | None:
+    """``[weight, scale, minimum, bias]`` of a linear projection in the layouts the fused
+    kernels read (an ``nn.Linear``, or a ``model.quant.QuantLinear`` with its integer weight),
+    or None for anything else."""
+    bias = getattr(module, "bias", None)
+    if isinstance(module, nn.Linear):
+        return [module.weight, None, None, bias]
+    qweight = getattr(module, "qweight", None)
+    if isinstance(qweight, torch.Tensor):
+        return [qweight, getattr(module, "scale", None), getattr(module, "minimum", None), bias]
+    return None
+
+
+def _leaves_of(parts: list[nn.Module]) -> tuple[object, ...]:
+    """What a fused module depends on: each part and its first tensor (its weight). Replacing a
+    module (quantize_) or its weight (a loader) changes this; in-place writes do not need to."""
+    key: list[object] = []
+    for p in parts:
+        tensors = p._parameters or p._buffers
+        key += (p, next(iter(tensors.values()), None))
+    return tuple(key)
+
+
+def _same(key: tuple[object, ...], parts: list[nn.Module]) -> bool:
+    return all(a is b for a, b in zip(_leaves_of(parts), key, strict=True))
+
+
+def _concat_rows(parts: list[nn.Module]) -> nn.Module | None:
+    first = parts[0]
+    kind = type(first)
+    leaves = [{**p._parameters, **p._buffers} for p in parts]
+    names = list(leaves[0])
+    for part, tensors in zip(parts, leaves, strict=True):
+        if type(part) is not kind or list(tensors) != names or part._modules:
+            return None
+        if getattr(part, "bits", None) != getattr(first, "bits", None):
+            return None
+        rows = getattr(part, "out_features", None)
+        for name, t in tensors.items():
+            ref = leaves[0][name]
+            if t is None and ref is None:  # e.g. no bias on any of them
+                continue
+            if (
+                t is None or ref is None or t.requires_grad or t.shape[0] != rows
+                or t.dtype != ref.dtype or t.device != ref.device or t.shape[1:] != ref.shape[1:]
+            ):
+                return None
+    module = copy.copy(first)  # same class and attributes; its own tensor tables below
+    module._parameters, module._buffers, module._modules = {}, {}, {}
+    module.out_features = sum(p.out_features for p in parts)
+    with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable in any mode
+        for name in names:
+            is_param = name in first._parameters
+            if leaves[0][name] is None:
+                (module._parameters if is_param else module._buffers)[name] = None
+                continue
+            whole = torch.cat([t[name] for t in leaves], dim=0)
+            if is_param:
+                module._parameters[name] = nn.Parameter(whole, requires_grad=False)
+            else:
+                module._buffers[name] = whole
+            row = 0
+            for part in parts:
+                view = whole[row : row + part.out_features]
+                row += part.out_features
+                setattr(part, name, nn.Parameter(view, requires_grad=False) if is_param else view)
+    return module
 
 
 class RMSNorm(nn.Module):
@@ -52,6 +151,9 @@ class MLP(nn.Module):
         self.down_proj = Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = fused(self, ("gate_proj", "up_proj"))
+        if both is not None:  # one projection to (..., 2I), one activation op
+            return self.down_proj(kernels.silu_mul(both(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import kernels
 from model.attention import Attention, AttentionInputs, causal_mask, rope_cos_sin, rope_inv_freq
 from model.cache import HybridCache, KVState, MambaState
 from model.config import LayerSpec, ModelConfig
 from model.errors import ContextLengthError
-from model.layers import MLP, Linear, MoE, RMSNorm
+from model.layers import MLP, Linear, MoE, RMSNorm, fused, projection_tensors
 from model.mamba import MambaMixer
 
 
@@ -64,6 +65,17 @@ class Block(nn.Module):
         pad: torch.Tensor | None,
         state: MambaState | KVState | None,
     ) -> torch.Tensor:
+        if (
+            isinstance(state, KVState) and h.shape[1] == 1 and h.shape[0] <= 8
+            and h.device.type == "cpu" and attn.mask is None and not attn.is_causal
+        ):
+            args = self._decode_projections()
+            if args is not None:  # a plain decode step of a Llama-family layer: one op
+                cos, sin = attn.rope if attn.rope is not None else (None, None)
+                return kernels.decoder_layer_decode(
+                    h, self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *args,
+                    state.k, state.v, attn.start, cos, sin,
+                )
         x = self.mixer_norm(h)
         if isinstance(self.mixer, Attention):
             assert state is None or isinstance(state, KVState)
@@ -72,6 +84,20 @@ class Block(nn.Module):
             assert state is None or isinstance(state, MambaState)
             h = h + self.mixer(x, pad, state)
         return h + self.ffn(self.ffn_norm(h))
+
+
+    def _decode_projections(self) -> list[list[torch.Tensor | None]] | None:
+        """qkv, o, gate_up and down as ``kernels.decoder_layer_decode`` takes them, or None
+        when this layer is not attention + MLP or its projections cannot be fused."""
+        mixer, ffn = self.mixer, self.ffn
+        if not isinstance(mixer, Attention) or not isinstance(ffn, MLP):
+            return None
+        qkv = fused(mixer, ("q_proj", "k_proj", "v_proj"))
+        gate_up = fused(ffn, ("gate_proj", "up_proj"))
+        if qkv is None or gate_up is None:
+            return None
+        projections = [projection_tensors(m) for m in (qkv, mixer.o_proj, gate_up, ffn.down_proj)]
+        return None if any(p is None for p in projections) else projections  # type: ignore[return-value]
 
 
 class Embedding(nn.Module):

@@ -3,7 +3,10 @@
 Ops: ``selective_scan`` (prefill) and ``selective_state_update`` (one step), ``causal_conv1d``
 and ``causal_conv1d_update``, ``mamba_decode_step`` (the whole Jamba mixer between in_proj and
 out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantised matmul, used
-by :mod:`model.quant`), ``rms_norm``, ``rope``, ``linear`` (a multi-threaded matvec for decode).
+by :mod:`model.quant`), ``rms_norm``, ``rope``, ``linear`` (a multi-threaded matvec for decode), ``silu_mul`` (SwiGLU's
+activation on a fused gate|up projection), ``attention_decode`` (one attention decode step over
+the KV cache, RoPE and cache write included), ``decoder_layer_decode`` (a whole Llama-family
+layer for one decode step).
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -13,12 +16,14 @@ compiled on first use), Triton on CUDA, or the reference. Tests and benchmarks p
 ``python -m model.kernels.bench``.
 """
 
+from model.kernels.attention_decode import attention_decode, attention_decode_ref
 from model.kernels.causal_conv1d import (
     causal_conv1d,
     causal_conv1d_ref,
     causal_conv1d_update,
     causal_conv1d_update_ref,
 )
+from model.kernels.decoder_layer import decoder_layer_decode, decoder_layer_decode_ref
 from model.kernels.dispatch import (
     BackendUnavailable,
     active_backend,
@@ -45,14 +50,19 @@ from model.kernels.selective_scan import (
     selective_state_update,
     selective_state_update_ref,
 )
+from model.kernels.silu_mul import silu_mul, silu_mul_ref
 
 __all__ = [
     "BackendUnavailable",
     "active_backend",
+    "attention_decode",
+    "attention_decode_ref",
     "causal_conv1d",
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "causal_conv1d_update_ref",
+    "decoder_layer_decode",
+    "decoder_layer_decode_ref",
     "dequantize_int4",
     "int4_linear",
     "int4_linear_ref",
@@ -73,6 +83,8 @@ __all__ = [
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
+    "silu_mul",
+    "silu_mul_ref",
     "unpack_int4",
     "use",
 ]

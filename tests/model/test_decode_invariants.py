@@ -214,12 +214,15 @@ def test_bad_inputs_are_refused_with_clear_errors(models):
         model(ids[:, :1], cache, pad_mask=torch.tensor([[True], [False]]))
 
 
-def test_default_kernel_backend_matches_the_reference(models):
+@pytest.mark.parametrize("name", ["v01_pattern", "llama", "qwen2"])
+def test_default_kernel_backend_matches_the_reference(name, models):
     """The whole model on the "auto" backend (C++ on this CPU when it builds) vs the references:
-    prefill, chunked prefill and decode steps, so every dispatcher the model calls is covered."""
+    prefill, chunked prefill and decode steps, so every dispatcher the model calls is covered
+    (for Llama-family layers the decode steps run as one ``decoder_layer_decode`` op; qwen2
+    adds q/k/v biases)."""
     from model import kernels
 
-    model = models("v01_pattern")
+    model = models(name)
     ids = tokens(model, 2, 40)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -386,3 +386,141 @@ def test_rope(shape):
     _assert_fp32("rope strided", kernels.rope(wide, cos, sin), kernels.rope_ref(wide, cos, sin), tol=1e-6)
     torch.testing.assert_close(kernels.rope(x.bfloat16(), cos.bfloat16(), sin.bfloat16()),
                                kernels.rope_ref(x.bfloat16(), cos.bfloat16(), sin.bfloat16()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul(dtype):
+    g = torch.Generator().manual_seed(18)
+    x32 = torch.randn(2, 3, 2 * 77, generator=g) * 4
+    y = kernels.silu_mul(x32.to(dtype))
+    assert y.shape == (2, 3, 77) and y.dtype == dtype
+    if dtype == torch.float32:
+        _assert_fp32("silu_mul", y, kernels.silu_mul_ref(x32), tol=1e-6)
+    else:
+        torch.testing.assert_close(y, kernels.silu_mul_ref(x32.to(dtype)))
+
+
+def _cache_pair(g, batch, kv_heads, slots, hd):
+    k = torch.randn(batch, kv_heads, slots, hd, generator=g)
+    v = torch.randn(batch, kv_heads, slots, hd, generator=g)
+    return (k, v), (k.clone(), v.clone())
+
+
+def _rope_tables(g, batch, hd):
+    angles = torch.rand(batch, 1, hd // 2, generator=g) * 10
+    both = torch.cat([angles, angles], -1)
+    return both.cos(), both.sin()
+
+
+# (batch, heads, kv_heads, hd, slots, start, rope): GQA groups of 3 and 4, plain MHA, a head
+# size that is not a multiple of 8 (the scalar loops), one key only, and enough keys that the
+# op splits them into slices and merges the partial softmaxes.
+ATTENTION_SHAPES = [
+    (1, 9, 3, 64, 600, 555, True),
+    (2, 4, 4, 32, 20, 0, False),
+    (1, 8, 2, 16, 10, 9, True),
+    (2, 6, 3, 72, 1200, 1100, True),
+    (1, 4, 2, 12, 700, 650, False),
+]
+
+
+@pytest.mark.parametrize(("batch", "heads", "kv_heads", "hd", "slots", "start", "rope"),
+                         ATTENTION_SHAPES)
+def test_attention_decode(batch, heads, kv_heads, hd, slots, start, rope):
+    g = torch.Generator().manual_seed(19)
+    q = torch.randn(batch, 1, heads * hd, generator=g)
+    k = torch.randn(batch, 1, kv_heads * hd, generator=g)
+    v = torch.randn(batch, 1, kv_heads * hd, generator=g)
+    cos, sin = _rope_tables(g, batch, hd) if rope else (None, None)
+    (kc, vc), (kc_ref, vc_ref) = _cache_pair(g, batch, kv_heads, slots, hd)
+    y = kernels.attention_decode(q, k, v, kc, vc, start, cos, sin)
+    y_ref = kernels.attention_decode_ref(q, k, v, kc_ref, vc_ref, start, cos, sin)
+    assert y.shape == (batch, 1, heads * hd)
+    _assert_fp32(f"attention_decode {heads}/{kv_heads}x{hd} at {start}", y, y_ref, tol=1e-5)
+    _assert_fp32("attention_decode k cache", kc, kc_ref, tol=1e-6)
+    torch.testing.assert_close(vc, vc_ref, rtol=0, atol=0)
+    # strided q/k/v (views of one fused projection) give the same
+    qkv = torch.cat([q, k, v], -1)
+    q2, k2, v2 = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd], -1)
+    torch.testing.assert_close(kernels.attention_decode(q2, k2, v2, kc, vc, start, cos, sin), y)
+
+
+def _projection(g, kind: str, n_out: int, k_in: int, bias: bool) -> list:
+    from model.quant import quantize_int4, quantize_int8
+
+    w = torch.randn(n_out, k_in, generator=g) / k_in**0.5
+    b = torch.randn(n_out, generator=g) * 0.1 if bias else None
+    if kind == "int8":
+        return [*quantize_int8(w), None, b]
+    if kind == "int4":
+        packed, scale, minimum = quantize_int4(w)
+        return [packed, scale, minimum, b]
+    return [w, None, None, b]
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize(("batch", "rope", "bias"), [(1, True, False), (2, False, True)])
+def test_decoder_layer_decode(kind, batch, rope, bias):
+    """The whole-layer op against the composition of the references, for every weight format."""
+    g = torch.Generator().manual_seed(20)
+    dim, heads, kv_heads, hd, inter, slots, start = 64, 4, 2, 16, 96, 300, 290
+    h = torch.randn(batch, 1, dim, generator=g)
+    norms = (1 + 0.1 * torch.randn(dim, generator=g), 1 + 0.1 * torch.randn(dim, generator=g))
+    projections = [
+        _projection(g, kind, (heads + 2 * kv_heads) * hd, dim, bias),
+        _projection(g, kind, dim, heads * hd, bias),
+        _projection(g, kind, 2 * inter, dim, bias),
+        _projection(g, kind, dim, inter, bias),
+    ]
+    cos, sin = _rope_tables(g, batch, hd) if rope else (None, None)
+    (kc, vc), (kc_ref, vc_ref) = _cache_pair(g, batch, kv_heads, slots, hd)
+    y = kernels.decoder_layer_decode(h, *norms, 1e-5, *projections, kc, vc, start, cos, sin)
+    y_ref = kernels.decoder_layer_decode_ref(h, *norms, 1e-5, *projections, kc_ref, vc_ref, start,
+                                             cos, sin)
+    assert y.shape == h.shape
+    _assert_fp32(f"decoder layer {kind}", y, y_ref, tol=1e-5)
+    _assert_fp32("decoder layer k cache", kc, kc_ref, tol=1e-5)
+    _assert_fp32("decoder layer v cache", vc, vc_ref, tol=1e-5)
+
+
+def test_decoder_layer_decode_refuses_mismatched_projections():
+    g = torch.Generator().manual_seed(21)
+    dim, hd = 64, 16
+    h = torch.randn(1, 1, dim, generator=g)
+    norms = (torch.ones(dim), torch.ones(dim))
+    good = [
+        _projection(g, "fp32", 8 * hd, dim, False),
+        _projection(g, "fp32", dim, 4 * hd, False),
+        _projection(g, "fp32", 96, dim, False),
+        _projection(g, "fp32", dim, 48, False),
+    ]
+    kc, vc = torch.zeros(1, 2, 8, hd), torch.zeros(1, 2, 8, hd)
+    kernels.decoder_layer_decode(h, *norms, 1e-5, *good, kc, vc, 0)
+    bad = [good[0], _projection(g, "fp32", dim, 3 * hd, False), *good[2:]]
+    with pytest.raises(RuntimeError, match="o takes 48 inputs"):
+        kernels.decoder_layer_decode(h, *norms, 1e-5, *bad, kc, vc, 1)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        kernels.decoder_layer_decode(h, *norms, 1e-5, *good, kc, vc, 8)
+
+
+def test_new_decode_ops_pass_opcheck():
+    """Schemas (which arguments are mutated), fake implementations and dispatch are consistent
+    (torch.library.opcheck), so torch.compile can trace a decode step through them."""
+    g = torch.Generator().manual_seed(22)
+    ops = torch.ops.model_kernels
+    q, k, v = (torch.randn(1, 1, n, generator=g) for n in (4 * 16, 2 * 16, 2 * 16))
+    kc, vc = torch.randn(1, 2, 8, 16, generator=g), torch.randn(1, 2, 8, 16, generator=g)
+    cos, sin = _rope_tables(g, 1, 16)
+    torch.library.opcheck(ops.attention_decode, (q, k, v, kc, vc, 5, cos, sin))
+    torch.library.opcheck(ops.silu_mul, (torch.randn(3, 10, generator=g),))
+    projections = [
+        _projection(g, "int8", 8 * 16, 64, True),
+        _projection(g, "fp32", 64, 4 * 16, False),
+        _projection(g, "int4", 192, 64, False),
+        _projection(g, "fp32", 64, 96, False),
+    ]
+    h = torch.randn(1, 1, 64, generator=g)
+    torch.library.opcheck(
+        ops.decoder_layer_decode,
+        (h, torch.ones(64), torch.ones(64), 1e-5, *projections, kc, vc, 6, cos, sin),
+    )

@@ -152,3 +152,88 @@ def test_quantize_rejects_unknown_mode_and_none_is_a_no_op():
     with pytest.raises(ValueError, match="int8"):
         quantize_(model, "int3")
     assert isinstance(quantize_(model, "none")[0], torch.nn.Linear)
+
+
+@pytest.mark.parametrize("mode", ["none", "int8", "int4"])
+def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factory, monkeypatch):
+    """On a Llama-family model a decode step runs each layer as one ``decoder_layer_decode`` op
+    (fused q|k|v and gate|up, fp32, int8 or 4-bit weights). It must give what the layer's
+    modules give one by one, and in fp32 continue the cache exactly as the full forward.
+
+    (Quantised decode is compared with module-by-module decode, not with the full forward: an
+    activation block rounded to int8 can land on the other side of a .5 when a batched matmul
+    sums in another order, and on this tiny random model one such flip moves int4 logits by
+    ~0.1.)"""
+    from model.hf import load_hf_dir
+    from model.transformer import Block
+
+    model = quantize_(load_hf_dir(checkpoint_factory("llama").path), mode)
+    ids = torch.randint(3, 128, (2, 10), generator=torch.Generator().manual_seed(4))
+
+    def decode() -> torch.Tensor:
+        with torch.inference_mode():
+            cache = model.new_cache(2, 16)
+            steps = [model(ids[:, :4], cache=cache)]
+            steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
+        return torch.cat(steps, 1)
+
+    calls: list[int] = []
+    real_op = kernels.decoder_layer_decode
+    monkeypatch.setattr(kernels, "decoder_layer_decode", lambda *a: calls.append(1) or real_op(*a))
+    one_op = decode()
+    assert len(calls) == 6 * len(model.layers)  # every layer of every decode step
+    monkeypatch.setattr(Block, "_decode_projections", lambda self: None)
+    modules = decode()
+    torch.testing.assert_close(one_op, modules, rtol=1e-4, atol=1e-4)
+    if mode == "none":
+        with torch.inference_mode():
+            torch.testing.assert_close(one_op, model(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_projections_share_memory_and_follow_quantisation(checkpoint_factory):
+    """q|k|v and gate|up are fused on first use without doubling memory (the projections' weights
+    become views of the fused tensor), and quantising afterwards rebuilds the fused modules:
+    the result equals quantising before any forward."""
+    from model.hf import load_hf_dir
+    from model.layers import fused
+
+    path = checkpoint_factory("llama").path
+    model, fresh = load_hf_dir(path), load_hf_dir(path)
+    before = weight_bytes(model)
+    ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        model(ids)
+    attn = model.layers[0].mixer
+    qkv = fused(attn, ("q_proj", "k_proj", "v_proj"))
+    assert qkv is not None and qkv.out_features == sum(
+        getattr(attn, n).out_features for n in ("q_proj", "k_proj", "v_proj")
+    )
+    assert attn.q_proj.weight.data_ptr() == qkv.weight.data_ptr()
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == qkv.weight.untyped_storage().data_ptr()
+    assert weight_bytes(model) == before  # views, no second copy
+    assert fused(attn, ("q_proj", "k_proj", "v_proj")) is qkv  # built once
+
+    quantize_(model, "int8")
+    quantize_(fresh, "int8")
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids), fresh(ids))
+    qkv8 = fused(attn, ("q_proj", "k_proj", "v_proj"))
+    assert isinstance(qkv8, QuantLinear) and qkv8 is not qkv
+
+    # a weight replaced by assignment (as a loader does) is picked up, not served stale
+    mlp = model.layers[0].ffn
+    mlp.gate_proj = QuantLinear(torch.nn.Linear(64, 128, bias=False), 8)
+    assert fused(mlp, ("gate_proj", "up_proj")).qweight[:128].data_ptr() == mlp.gate_proj.qweight.data_ptr()
+
+
+def test_projections_that_need_gradients_are_not_fused():
+    from model.layers import Linear, fused
+
+    owner = torch.nn.Module()
+    owner.a, owner.b = Linear(8, 4), Linear(8, 6)  # requires_grad=True by default
+    assert fused(owner, ("a", "b")) is None
+    for p in owner.parameters():
+        p.requires_grad_(False)
+    both = fused(owner, ("a", "b"))
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(both(x), torch.cat([owner.a(x), owner.b(x)], -1))

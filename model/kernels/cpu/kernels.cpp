@@ -778,18 +778,9 @@ inline int64_t rows_per_task(int64_t row_bytes) {
 // gemv streams a cold weight at ~15 GB/s here; reading 4 rows at a time with a software
 // prefetch of the next 4 keeps more memory requests in flight.
 // ---------------------------------------------------------------------------------------
-Tensor linear_matvec(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "linear_matvec: x must be fp32");
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.is_contiguous(),
-              "linear_matvec: weight must be a contiguous fp32 (N, K) tensor");
-  const int64_t n_out = weight.size(0), k_in = weight.size(1);
-  TORCH_CHECK(x.size(-1) == k_in, "linear_matvec: x's last dimension must be K = ", k_in);
-  const Tensor x2 = x.reshape({-1, k_in}).contiguous();
-  const int64_t rows = x2.size(0);
-  const Tensor bf = f32(bias);
-  Tensor out = at::empty({rows, n_out}, x.options());
-  const float *xp = x2.data_ptr<float>(), *wp = weight.data_ptr<float>(), *bp = ptr_or_null(bf);
-  float* op = out.data_ptr<float>();
+// y (rows, N) = x (rows, K) @ W^T + bias, all contiguous fp32.
+void matvec_f32(const float* xp, int64_t rows, const float* wp, const float* bp, int64_t n_out,
+                int64_t k_in, float* op) {
   constexpr int64_t RB = 4;
   at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in * 4), [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -824,6 +815,19 @@ Tensor linear_matvec(const Tensor& x, const Tensor& weight, const std::optional<
       }
     }
   });
+}
+
+Tensor linear_matvec(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "linear_matvec: x must be fp32");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.is_contiguous(),
+              "linear_matvec: weight must be a contiguous fp32 (N, K) tensor");
+  const int64_t n_out = weight.size(0), k_in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == k_in, "linear_matvec: x's last dimension must be K = ", k_in);
+  const Tensor x2 = x.reshape({-1, k_in}).contiguous();
+  const Tensor bf = f32(bias);
+  Tensor out = at::empty({x2.size(0), n_out}, x.options());
+  matvec_f32(x2.data_ptr<float>(), x2.size(0), weight.data_ptr<float>(), ptr_or_null(bf), n_out,
+             k_in, out.data_ptr<float>());
   auto sizes = x.sizes().vec();
   sizes.back() = n_out;
   return out.view(sizes);
@@ -834,31 +838,15 @@ Tensor linear_matvec(const Tensor& x, const Tensor& weight, const std::optional<
 // row. Meant for few rows of x (decode steps); the Python wrapper dequantises for long prefill
 // chunks, where the matmul is compute-bound and the BLAS kernel wins.
 // ---------------------------------------------------------------------------------------
-Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
-                   const std::optional<Tensor>& bias) {
-  check_cpu(x, "x");
-  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous(),
-              "int8_linear: weight must be a contiguous int8 (N, K) tensor");
-  const int64_t n_out = weight.size(0), k_in = weight.size(1);
-  TORCH_CHECK(x.size(-1) == k_in, "int8_linear: x's last dimension must be K = ", k_in);
-  TORCH_CHECK(scale.numel() == n_out, "int8_linear: scale must hold one value per output row");
-  const Tensor x2 = x.reshape({-1, k_in}).to(at::kFloat).contiguous();  // (M, K) fp32
-  const int64_t rows = x2.size(0);
+// y (rows, N) = x̂ (rows, K) @ W8^T * scale + bias; x contiguous fp32, x̂ its block-quantised
+// form when K % Q_BLOCK == 0 (else x itself).
+void matvec_int8(const float* xp, int64_t rows, const int8_t* wp, const float* sp,
+                 const float* bp, int64_t n_out, int64_t k_in, float* op) {
   const bool blocked = k_in % Q_BLOCK == 0;
-  Tensor xq, xs;
-  if (blocked) {
-    xq = at::empty({rows, k_in}, x2.options().dtype(at::kChar));
-    xs = at::empty({rows, k_in / Q_BLOCK}, x2.options());
-    for (int64_t m = 0; m < rows; ++m)
-      quantize_blocks(x2.data_ptr<float>() + m * k_in, k_in, xq.data_ptr<int8_t>() + m * k_in,
-                      xs.data_ptr<float>() + m * (k_in / Q_BLOCK));
-  }
-  const Tensor sf = f32(scale), bf = f32(bias);
-  Tensor out = at::empty({rows, n_out}, x.options().dtype(at::kFloat));
-  const float* xp = x2.data_ptr<float>();
-  const int8_t* wp = weight.data_ptr<int8_t>();
-  const float *sp = sf.data_ptr<float>(), *bp = ptr_or_null(bf);
-  float* op = out.data_ptr<float>();
+  std::vector<int8_t> xq(blocked ? rows * k_in : 0);
+  std::vector<float> xs(blocked ? rows * (k_in / Q_BLOCK) : 0);
+  for (int64_t m = 0; blocked && m < rows; ++m)
+    quantize_blocks(xp + m * k_in, k_in, xq.data() + m * k_in, xs.data() + m * (k_in / Q_BLOCK));
   constexpr int64_t RB = 4;
   at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in), [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
@@ -867,13 +855,13 @@ Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
       for (int64_t m = 0; m < rows; ++m) {
         float acc[RB];
         if (blocked && nr == RB) {
-          int8_rows_dot<RB>(wp + n0 * k_in, k_in, xq.data_ptr<int8_t>() + m * k_in,
-                            xs.data_ptr<float>() + m * (k_in / Q_BLOCK), acc);
+          int8_rows_dot<RB>(wp + n0 * k_in, k_in, xq.data() + m * k_in,
+                            xs.data() + m * (k_in / Q_BLOCK), acc);
         } else {
           for (int64_t r = 0; r < nr; ++r) {
             if (blocked)
-              int8_rows_dot<1>(wp + (n0 + r) * k_in, k_in, xq.data_ptr<int8_t>() + m * k_in,
-                               xs.data_ptr<float>() + m * (k_in / Q_BLOCK), acc + r);
+              int8_rows_dot<1>(wp + (n0 + r) * k_in, k_in, xq.data() + m * k_in,
+                               xs.data() + m * (k_in / Q_BLOCK), acc + r);
             else
               acc[r] = int8_row_dot_f32(wp + (n0 + r) * k_in, xp + m * k_in, k_in);
           }
@@ -885,6 +873,21 @@ Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
       }
     }
   });
+}
+
+Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
+                   const std::optional<Tensor>& bias) {
+  check_cpu(x, "x");
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous(),
+              "int8_linear: weight must be a contiguous int8 (N, K) tensor");
+  const int64_t n_out = weight.size(0), k_in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == k_in, "int8_linear: x's last dimension must be K = ", k_in);
+  TORCH_CHECK(scale.numel() == n_out, "int8_linear: scale must hold one value per output row");
+  const Tensor x2 = x.reshape({-1, k_in}).to(at::kFloat).contiguous();  // (M, K) fp32
+  const Tensor sf = f32(scale), bf = f32(bias);
+  Tensor out = at::empty({x2.size(0), n_out}, x.options().dtype(at::kFloat));
+  matvec_int8(x2.data_ptr<float>(), x2.size(0), weight.data_ptr<int8_t>(), sf.data_ptr<float>(),
+              ptr_or_null(bf), n_out, k_in, out.data_ptr<float>());
   auto sizes = x.sizes().vec();
   sizes.back() = n_out;
   return out.view(sizes).to(x.scalar_type());
@@ -937,6 +940,32 @@ inline float int4_row_dot(const uint8_t* w, const float* sc, const float* mn, co
   return total;
 }
 
+// y (rows, N) = x̂ (rows, K) @ W4^T + bias for packed 4-bit weights; x contiguous fp32.
+void matvec_int4(const float* xp, int64_t rows, const uint8_t* wp, const float* sp,
+                 const float* mp, const float* bp, int64_t n_out, int64_t k_in, float* op) {
+  const int64_t groups = k_in / Q4_GROUP;
+  std::vector<int8_t> xq(rows * k_in);
+  std::vector<float> xs(rows * groups), xsum(rows * groups);  // xsum: xs_g * sum(xq_g)
+  for (int64_t m = 0; m < rows; ++m) {
+    int8_t* qm = xq.data() + m * k_in;
+    quantize_blocks(xp + m * k_in, k_in, qm, xs.data() + m * groups);
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t total = 0;
+      for (int64_t j = 0; j < Q4_GROUP; ++j) total += qm[g * Q4_GROUP + j];
+      xsum[m * groups + g] = xs[m * groups + g] * static_cast<float>(total);
+    }
+  }
+  at::parallel_for(0, n_out, rows_per_task(k_in / 2), [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    for (int64_t n = begin; n < end; ++n)
+      for (int64_t m = 0; m < rows; ++m)
+        op[m * n_out + n] = int4_row_dot(wp + n * (k_in / 2), sp + n * groups, mp + n * groups,
+                                         xq.data() + m * k_in, xs.data() + m * groups,
+                                         xsum.data() + m * groups, groups) +
+                            (bp ? bp[n] : 0.0f);
+  });
+}
+
 Tensor int4_linear(const Tensor& x, const Tensor& packed, const Tensor& scale,
                    const Tensor& minimum, const std::optional<Tensor>& bias) {
   check_cpu(x, "x");
@@ -950,34 +979,10 @@ Tensor int4_linear(const Tensor& x, const Tensor& packed, const Tensor& scale,
                   minimum.sizes() == scale.sizes(),
               "int4_linear: scale and minimum must be (N, K/32)");
   const Tensor x2 = x.reshape({-1, k_in}).to(at::kFloat).contiguous();
-  const int64_t rows = x2.size(0);
-  Tensor xq = at::empty({rows, k_in}, x2.options().dtype(at::kChar));
-  Tensor xs = at::empty({rows, groups}, x2.options());
-  Tensor xsum = at::empty({rows, groups}, x2.options());  // xs_g * sum(xq_g): the quantised sums
-  int8_t* qp = xq.data_ptr<int8_t>();
-  float *sp_x = xs.data_ptr<float>(), *sum_p = xsum.data_ptr<float>();
-  for (int64_t m = 0; m < rows; ++m) {
-    quantize_blocks(x2.data_ptr<float>() + m * k_in, k_in, qp + m * k_in, sp_x + m * groups);
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t total = 0;
-      for (int64_t j = 0; j < Q4_GROUP; ++j) total += qp[m * k_in + g * Q4_GROUP + j];
-      sum_p[m * groups + g] = sp_x[m * groups + g] * static_cast<float>(total);
-    }
-  }
   const Tensor sf = f32(scale), mf = f32(minimum), bf = f32(bias);
-  Tensor out = at::empty({rows, n_out}, x.options().dtype(at::kFloat));
-  const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const float *sp = sf.data_ptr<float>(), *mp = mf.data_ptr<float>(), *bp = ptr_or_null(bf);
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, n_out, rows_per_task(k_in / 2), [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    for (int64_t n = begin; n < end; ++n)
-      for (int64_t m = 0; m < rows; ++m)
-        op[m * n_out + n] = int4_row_dot(wp + n * (k_in / 2), sp + n * groups, mp + n * groups,
-                                         qp + m * k_in, sp_x + m * groups, sum_p + m * groups,
-                                         groups) +
-                            (bp ? bp[n] : 0.0f);
-  });
+  Tensor out = at::empty({x2.size(0), n_out}, x.options().dtype(at::kFloat));
+  matvec_int4(x2.data_ptr<float>(), x2.size(0), packed.data_ptr<uint8_t>(), sf.data_ptr<float>(),
+              mf.data_ptr<float>(), ptr_or_null(bf), n_out, k_in, out.data_ptr<float>());
   auto sizes = x.sizes().vec();
   sizes.back() = n_out;
   return out.view(sizes).to(x.scalar_type());
@@ -1058,6 +1063,398 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------
+// SwiGLU's activation on a fused gate|up projection: x (..., 2I) -> silu(x[:I]) * x[I:].
+// ---------------------------------------------------------------------------------------
+Tensor silu_mul(const Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.size(-1) % 2 == 0,
+              "silu_mul: x must be a CPU fp32 tensor with an even last dimension");
+  const int64_t width = x.size(-1), half = width / 2;
+  const Tensor xc = x.contiguous();
+  auto sizes = x.sizes().vec();
+  sizes.back() = half;
+  Tensor out = at::empty(sizes, x.options());
+  const int64_t rows = half ? out.numel() / half : 0;
+  const float* xp = xc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(half, 1)),
+                   [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    for (int64_t r = begin; r < end; ++r) {
+      const float *g = xp + r * width, *u = g + half;
+      float* o = op + r * half;
+#pragma omp simd
+      for (int64_t i = 0; i < half; ++i) o[i] = silu(g[i]) * u[i];
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// One decode step of causal grouped-query attention over a preallocated KV cache.
+// q (B, 1, H*hd), k and v (B, 1, Hkv*hd): the new token's projections, before RoPE;
+// cos/sin (B, 1, hd) or absent (no positional encoding); k_cache, v_cache (B, Hkv, S, hd).
+// Writes RoPE(k) and v into slot `start`, then for each head h (reading kv head h / (H/Hkv)):
+//   out_h = softmax(q_h . K[0..start] / sqrt(hd)) . V[0..start]
+// Replaces ~12 small PyTorch ops per layer (RoPE, transposes, cache writes, slicing, SDPA,
+// whose CPU flash kernel costs ~85 us for one query).
+// ---------------------------------------------------------------------------------------
+inline void rope_row(const float* x, const float* c, const float* s, float* o, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    o[i] = x[i] * c[i] - x[i + half] * s[i];
+    o[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+  }
+}
+
+// Attention of `group` query heads (q: group x hd, contiguous) over keys [t0, t1) of one kv
+// head (K, V: rows of hd floats). Leaves per head the unnormalised output sum_t e^(s_t - m) V_t,
+// the maximum score m and the sum of e^(s_t - m), for merging with the other slices.
+void attend_slice(const float* q, const float* K, const float* V, int64_t t0, int64_t t1,
+                  int64_t hd, int64_t group, float scale, float* scores, float* out, float* top,
+                  float* sum) {
+  const int64_t n = t1 - t0;
+  for (int64_t g = 0; g < group; ++g) {
+    top[g] = -INFINITY;
+    sum[g] = 0.0f;
+    std::fill(out + g * hd, out + (g + 1) * hd, 0.0f);
+  }
+  if (n <= 0) return;
+#if defined(__AVX2__) && defined(__FMA__)
+  const bool vec = hd % 8 == 0;
+#else
+  const bool vec = false;
+#endif
+  for (int64_t g = 0; g < group; ++g) {
+    const float* qh = q + g * hd;
+    float* sg = scores + g * n;
+    int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    // Four keys at a time: four independent FMA chains, reduced together with hadd.
+    for (; vec && t + 4 <= n; t += 4) {
+      const float* kr = K + (t0 + t) * hd;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t d = 0; d < hd; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(qh + d);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + d), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + hd + d), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 2 * hd + d), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 3 * hd + d), a3);
+      }
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      const __m128 four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      _mm_storeu_ps(sg + t, _mm_mul_ps(four, _mm_set1_ps(scale)));
+    }
+#endif
+    for (; t < n; ++t) {
+      const float* kr = K + (t0 + t) * hd;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kr[d];
+      sg[t] = dot * scale;
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    float* sg = scores + g * n;
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t t = 0; t < n; ++t) m = std::max(m, sg[t]);
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t t = 0; t < n; ++t) {
+      sg[t] = fast_exp(sg[t] - m);  // vectorised; libm's expf made this loop the bottleneck
+      total += sg[t];
+    }
+    top[g] = m;
+    sum[g] = total;
+    float* o = out + g * hd;
+    int64_t d0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    // 64 output values at a time in eight registers, over all the keys.
+    for (; vec && d0 + 8 <= hd; d0 += 64) {
+      const int64_t lanes = std::min<int64_t>(8, (hd - d0) / 8);
+      __m256 acc[8];
+      for (auto& a : acc) a = _mm256_setzero_ps();
+      if (lanes == 8) {  // a constant trip count keeps the accumulators in registers
+        for (int64_t t = 0; t < n; ++t) {
+          const __m256 p = _mm256_set1_ps(sg[t]);
+          const float* vr = V + (t0 + t) * hd + d0;
+          for (int64_t j = 0; j < 8; ++j)
+            acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+        }
+      } else {
+        for (int64_t t = 0; t < n; ++t) {
+          const __m256 p = _mm256_set1_ps(sg[t]);
+          const float* vr = V + (t0 + t) * hd + d0;
+          for (int64_t j = 0; j < lanes; ++j)
+            acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+        }
+      }
+      for (int64_t j = 0; j < lanes; ++j) _mm256_storeu_ps(o + d0 + 8 * j, acc[j]);
+    }
+#endif
+    for (int64_t t = 0; t < n && d0 < hd; ++t) {
+      const float p = sg[t];
+      const float* vr = V + (t0 + t) * hd;
+      for (int64_t d = d0; d < hd; ++d) o[d] += p * vr[d];
+    }
+  }
+}
+
+// The body of attention_decode on raw pointers: q rows (B, H*hd) `q_stride` floats apart, k and
+// v rows (B, Hkv*hd) `kv_stride` apart, cos/sin (B, hd) or null, caches (B, Hkv, S, hd)
+// contiguous; out (B, H*hd) contiguous.
+void attention_step(const float* qp_in, int64_t q_stride, const float* kn_in, const float* vn_in,
+                    int64_t kv_stride, const float* cp, const float* sp_, float* kp, float* vp,
+                    int64_t batch, int64_t heads, int64_t kv_heads, int64_t slots, int64_t hd,
+                    int64_t start, float* op) {
+  const bool rotary = cp != nullptr;
+  std::vector<float> q_rot(batch * heads * hd);
+  for (int64_t b = 0; b < batch; ++b) {
+    const float *c = rotary ? cp + b * hd : nullptr, *s = rotary ? sp_ + b * hd : nullptr;
+    for (int64_t kh = 0; kh < kv_heads; ++kh) {
+      const int64_t slot = ((b * kv_heads + kh) * slots + start) * hd;
+      const float* kn = kn_in + b * kv_stride + kh * hd;
+      if (rotary)
+        rope_row(kn, c, s, kp + slot, hd);
+      else
+        std::memcpy(kp + slot, kn, hd * sizeof(float));
+      std::memcpy(vp + slot, vn_in + b * kv_stride + kh * hd, hd * sizeof(float));
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* qh = qp_in + b * q_stride + h * hd;
+      float* dst = q_rot.data() + (b * heads + h) * hd;
+      if (rotary)
+        rope_row(qh, c, s, dst, hd);
+      else
+        std::memcpy(dst, qh, hd * sizeof(float));
+    }
+  }
+  const int64_t keys = start + 1, group = heads / kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // Work units: (batch row, kv head, slice of the keys). The heads of one group share each
+  // read of K and V; slicing the keys (each slice >= 256 of them) gives both threads work
+  // when there are fewer kv heads than threads, and the slices are merged after.
+  const int64_t pairs = batch * kv_heads;
+  const int64_t splits = std::max<int64_t>(
+      1, std::min<int64_t>(keys / 256, (4 * at::get_num_threads() + pairs - 1) / pairs));
+  const int64_t per_split = (keys + splits - 1) / splits;
+  std::vector<float> part_out(pairs * splits * group * hd), part_max(pairs * splits * group),
+      part_sum(pairs * splits * group);
+  const float* qp = q_rot.data();
+  const int64_t grain = std::max<int64_t>(1, 32768 / (2 * per_split * hd));
+  at::parallel_for(0, pairs * splits, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(group * per_split);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t pair = unit / splits, b = pair / kv_heads, kh = pair % kv_heads;
+      const int64_t t0 = (unit % splits) * per_split, t1 = std::min(keys, t0 + per_split);
+      const float* kb = kp + pair * slots * hd;
+      const float* vb = vp + pair * slots * hd;
+      const float* qg = qp + (b * heads + kh * group) * hd;  // the group's query heads
+      attend_slice(qg, kb, vb, t0, t1, hd, group, scale, scores.data(),
+                   part_out.data() + unit * group * hd, part_max.data() + unit * group,
+                   part_sum.data() + unit * group);
+    }
+  });
+  for (int64_t pair = 0; pair < pairs; ++pair) {
+    const int64_t b = pair / kv_heads, kh = pair % kv_heads;
+    for (int64_t g = 0; g < group; ++g) {
+      float top = -INFINITY;
+      for (int64_t sp = 0; sp < splits; ++sp)
+        top = std::max(top, part_max[(pair * splits + sp) * group + g]);
+      float* o = op + (b * heads + kh * group + g) * hd;
+      std::fill(o, o + hd, 0.0f);
+      float total = 0.0f;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const int64_t u = (pair * splits + sp) * group + g;
+        if (part_sum[u] == 0.0f) continue;  // an empty slice
+        const float w = std::exp(part_max[u] - top);
+        total += w * part_sum[u];
+        const float* po = part_out.data() + u * hd;
+        for (int64_t d = 0; d < hd; ++d) o[d] += w * po[d];
+      }
+      const float inv = 1.0f / total;
+      for (int64_t d = 0; d < hd; ++d) o[d] *= inv;
+    }
+  }
+}
+
+Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& k_cache,
+                        Tensor& v_cache, int64_t start, const std::optional<Tensor>& cos,
+                        const std::optional<Tensor>& sin) {
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&q, &k, &v, &k_cache, &v_cache})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat,
+                "attention_decode: q, k, v and the caches must be CPU fp32 tensors");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  v_cache.sizes() == k_cache.sizes(),
+              "attention_decode: k_cache and v_cache must be contiguous (B, Hkv, S, hd)");
+  const int64_t batch = k_cache.size(0), kv_heads = k_cache.size(1), slots = k_cache.size(2),
+                hd = k_cache.size(3);
+  TORCH_CHECK(start >= 0 && start < slots, "attention_decode: slot ", start,
+              " outside the cache (", slots, " slots)");
+  TORCH_CHECK(q.numel() % (batch * hd) == 0 && q.size(0) == batch,
+              "attention_decode: q must be (B, 1, H * hd)");
+  const int64_t heads = q.numel() / (batch * hd);
+  TORCH_CHECK(heads % kv_heads == 0 && k.numel() == batch * kv_heads * hd &&
+                  v.numel() == k.numel(),
+              "attention_decode: k and v must be (B, 1, Hkv * hd) with H a multiple of Hkv");
+  const bool rotary = cos.has_value();
+  TORCH_CHECK(rotary == sin.has_value(), "attention_decode: pass both cos and sin, or neither");
+  Tensor cc, sc;
+  if (rotary) {
+    cc = f32(*cos);
+    sc = f32(*sin);
+    TORCH_CHECK(cc.numel() == batch * hd && sc.numel() == batch * hd,
+                "attention_decode: cos and sin must be (B, 1, hd)");
+  }
+  const Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  Tensor out = at::empty({batch, 1, heads * hd}, q.options());
+  attention_step(qc.data_ptr<float>(), heads * hd, kc.data_ptr<float>(), vc.data_ptr<float>(),
+                 kv_heads * hd, rotary ? cc.data_ptr<float>() : nullptr,
+                 rotary ? sc.data_ptr<float>() : nullptr, k_cache.data_ptr<float>(),
+                 v_cache.data_ptr<float>(), batch, heads, kv_heads, slots, hd, start,
+                 out.data_ptr<float>());
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// A whole pre-norm decoder layer (attention + SwiGLU MLP, the Llama family) for one decode
+// step of B rows, in one call:
+//   x = rms_norm(h) ; q|k|v = x @ Wqkv^T ; a = attention_step(q, k, v) ; h += a @ Wo^T
+//   x = rms_norm(h) ; g|u = x @ Wgu^T ; h += (silu(g) * u) @ Wdown^T
+// A projection is passed as [weight, scale, minimum, bias] (absent ones None): an fp32
+// weight (N, K), an int8 one (N, K) with scale (N,), or packed 4-bit (N, K/2) with scale and
+// minimum (N, K/32), as model.quant stores them. Why: in PyTorch a layer's decode step is
+// ~15 Python-level calls of 5-15 us dispatch each around ~250 us of matvecs; a 30-layer
+// model spent ~3.5 ms a token outside the kernels.
+// ---------------------------------------------------------------------------------------
+struct Proj {
+  Tensor weight, scale, minimum, bias;  // fp32 scale/minimum/bias, contiguous
+  int64_t n_out = 0, k_in = 0;
+  enum { kF32, kInt8, kInt4 } kind = kF32;
+
+  void apply(const float* x, int64_t rows, float* out) const {
+    const float* bp = ptr_or_null(bias);
+    if (kind == kF32)
+      matvec_f32(x, rows, weight.data_ptr<float>(), bp, n_out, k_in, out);
+    else if (kind == kInt8)
+      matvec_int8(x, rows, weight.data_ptr<int8_t>(), scale.data_ptr<float>(), bp, n_out, k_in,
+                  out);
+    else
+      matvec_int4(x, rows, weight.data_ptr<uint8_t>(), scale.data_ptr<float>(),
+                  minimum.data_ptr<float>(), bp, n_out, k_in, out);
+  }
+};
+
+Proj make_proj(const c10::List<std::optional<Tensor>>& parts, const char* name, int64_t k_in) {
+  TORCH_CHECK(parts.size() == 4 && parts.get(0).has_value(), "decoder_layer_decode: ", name,
+              " must be [weight, scale, minimum, bias]");
+  Proj p;
+  p.weight = *parts.get(0);
+  const Tensor& w = p.weight;
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous(), "decoder_layer_decode: ",
+              name, " weight must be a contiguous 2-D CPU tensor");
+  p.n_out = w.size(0);
+  p.k_in = w.scalar_type() == at::kByte ? w.size(1) * 2 : w.size(1);
+  TORCH_CHECK(p.k_in == k_in, "decoder_layer_decode: ", name, " takes ", p.k_in,
+              " inputs, the layer gives it ", k_in);
+  if (parts.get(1).has_value()) p.scale = f32(*parts.get(1));
+  if (parts.get(2).has_value()) p.minimum = f32(*parts.get(2));
+  if (parts.get(3).has_value()) {
+    p.bias = f32(*parts.get(3));
+    TORCH_CHECK(p.bias.numel() == p.n_out, "decoder_layer_decode: ", name, " bias size");
+  }
+  if (w.scalar_type() == at::kFloat) {
+    p.kind = Proj::kF32;
+  } else if (w.scalar_type() == at::kChar) {
+    p.kind = Proj::kInt8;
+    TORCH_CHECK(p.scale.defined() && p.scale.numel() == p.n_out, "decoder_layer_decode: ", name,
+                " int8 weight needs one scale per row");
+  } else if (w.scalar_type() == at::kByte) {
+    p.kind = Proj::kInt4;
+    const int64_t groups = p.k_in / Q4_GROUP;
+    TORCH_CHECK(p.k_in % Q4_GROUP == 0 && p.scale.defined() && p.minimum.defined() &&
+                    p.scale.numel() == p.n_out * groups && p.minimum.numel() == p.n_out * groups,
+                "decoder_layer_decode: ", name, " 4-bit weight needs (N, K/32) scale and minimum");
+  } else {
+    TORCH_CHECK(false, "decoder_layer_decode: ", name, " weight must be fp32, int8 or uint8");
+  }
+  return p;
+}
+
+Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tensor& ffn_norm,
+                            double eps, const c10::List<std::optional<Tensor>>& qkv,
+                            const c10::List<std::optional<Tensor>>& o,
+                            const c10::List<std::optional<Tensor>>& gate_up,
+                            const c10::List<std::optional<Tensor>>& down, Tensor& k_cache,
+                            Tensor& v_cache, int64_t start, const std::optional<Tensor>& cos,
+                            const std::optional<Tensor>& sin) {
+  TORCH_CHECK(h.device().is_cpu() && h.scalar_type() == at::kFloat && h.dim() == 3 &&
+                  h.size(1) == 1,
+              "decoder_layer_decode: h must be a CPU fp32 (B, 1, D) tensor");
+  const int64_t batch = h.size(0), dim = h.size(2);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&attn_norm, &ffn_norm})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == dim,
+                "decoder_layer_decode: the norm weights must be fp32 (D,)");
+  TORCH_CHECK(k_cache.scalar_type() == at::kFloat && k_cache.dim() == 4 &&
+                  k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  v_cache.sizes() == k_cache.sizes() && k_cache.size(0) == batch,
+              "decoder_layer_decode: the caches must be contiguous fp32 (B, Hkv, S, hd)");
+  const int64_t kv_heads = k_cache.size(1), slots = k_cache.size(2), hd = k_cache.size(3);
+  TORCH_CHECK(start >= 0 && start < slots, "decoder_layer_decode: slot ", start,
+              " outside the cache (", slots, " slots)");
+  const Proj p_qkv = make_proj(qkv, "qkv", dim);
+  const int64_t heads = (p_qkv.n_out - 2 * kv_heads * hd) / hd;
+  TORCH_CHECK(heads > 0 && heads % kv_heads == 0 && p_qkv.n_out == (heads + 2 * kv_heads) * hd,
+              "decoder_layer_decode: qkv must have (H + 2 Hkv) * hd outputs");
+  const Proj p_o = make_proj(o, "o", heads * hd);
+  TORCH_CHECK(p_o.n_out == dim, "decoder_layer_decode: o must have D outputs");
+  const Proj p_gu = make_proj(gate_up, "gate_up", dim);
+  TORCH_CHECK(p_gu.n_out % 2 == 0, "decoder_layer_decode: gate_up must have 2I outputs");
+  const int64_t inter = p_gu.n_out / 2;
+  const Proj p_down = make_proj(down, "down", inter);
+  TORCH_CHECK(p_down.n_out == dim, "decoder_layer_decode: down must have D outputs");
+  const bool rotary = cos.has_value();
+  TORCH_CHECK(rotary == sin.has_value(), "decoder_layer_decode: pass both cos and sin, or neither");
+  Tensor cc, sc;
+  if (rotary) {
+    cc = f32(*cos);
+    sc = f32(*sin);
+    TORCH_CHECK(cc.numel() == batch * hd && sc.numel() == batch * hd,
+                "decoder_layer_decode: cos and sin must be (B, 1, hd)");
+  }
+  const Tensor an = attn_norm.contiguous(), fn = ffn_norm.contiguous();
+  Tensor out = h.contiguous().clone();
+  float* hp = out.data_ptr<float>();
+  std::vector<float> x(batch * dim), proj(batch * std::max(p_qkv.n_out, p_gu.n_out)),
+      mixed(batch * std::max(heads * hd, inter)), back(batch * dim);
+  const float feps = static_cast<float>(eps);
+  // Attention half.
+  rms_norm_rows(hp, an.data_ptr<float>(), x.data(), batch, dim, feps);
+  p_qkv.apply(x.data(), batch, proj.data());
+  const float* qp = proj.data();
+  attention_step(qp, p_qkv.n_out, qp + heads * hd, qp + (heads + kv_heads) * hd, p_qkv.n_out,
+                 rotary ? cc.data_ptr<float>() : nullptr, rotary ? sc.data_ptr<float>() : nullptr,
+                 k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), batch, heads, kv_heads,
+                 slots, hd, start, mixed.data());
+  p_o.apply(mixed.data(), batch, back.data());
+  for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
+  // MLP half.
+  rms_norm_rows(hp, fn.data_ptr<float>(), x.data(), batch, dim, feps);
+  p_gu.apply(x.data(), batch, proj.data());
+  {
+    FlushDenormals ftz;
+    for (int64_t b = 0; b < batch; ++b) {
+      const float *g = proj.data() + b * 2 * inter, *u = g + inter;
+      float* a = mixed.data() + b * inter;
+#pragma omp simd
+      for (int64_t i = 0; i < inter; ++i) a[i] = silu(g[i]) * u[i];
+    }
+  }
+  p_down.apply(mixed.data(), batch, back.data());
+  for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(model_kernels, m) {
@@ -1084,6 +1481,14 @@ TORCH_LIBRARY(model_kernels, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("linear_matvec(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("silu_mul(Tensor x) -> Tensor");
+  m.def(
+      "decoder_layer_decode(Tensor h, Tensor attn_norm, Tensor ffn_norm, float eps, "
+      "Tensor?[] qkv, Tensor?[] o, Tensor?[] gate_up, Tensor?[] down, Tensor(a!) k_cache, "
+      "Tensor(b!) v_cache, int start, Tensor? cos, Tensor? sin) -> Tensor");
+  m.def(
+      "attention_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+      "int start, Tensor? cos, Tensor? sin) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
@@ -1097,4 +1502,7 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("linear_matvec", &linear_matvec);
   m.impl("rope", &rope);
+  m.impl("silu_mul", &silu_mul);
+  m.impl("decoder_layer_decode", &decoder_layer_decode);
+  m.impl("attention_decode", &attention_decode);
 }

@@ -43,6 +43,9 @@ _FIX = (
 # Up to this many rows of x the matvec kernels run; beyond, BLAS matmul (dequantised weights).
 _INT8_MATVEC_MAX_ROWS = 8
 
+# Weights the fused decoder-layer kernel reads: fp32, int8 and packed 4-bit (model.quant).
+_LAYER_WEIGHT_DTYPES = (torch.float32, torch.int8, torch.uint8)
+
 _lock = threading.Lock()
 _ops: dict[str, Callable[..., Any]] | None = None
 
@@ -137,6 +140,19 @@ def _register_fakes() -> None:
     def _rope(x, cos, sin):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake(lib + "silu_mul")
+    def _silu_mul(x):
+        return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+    @torch.library.register_fake(lib + "attention_decode")
+    def _attention_decode(q, k, v, k_cache, v_cache, start, cos, sin):
+        return q.new_empty((k_cache.shape[0], 1, q.numel() // k_cache.shape[0]))
+
+    @torch.library.register_fake(lib + "decoder_layer_decode")
+    def _layer(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down, k_cache, v_cache, start, cos,
+               sin):
+        return torch.empty_like(h, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake(lib + "linear_matvec")
     def _matvec(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
@@ -224,7 +240,43 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return rope_ref(x, cos, sin)
         return ops.rope(x, cos, sin)
 
+    def silu_mul(x):
+        if x.dtype != torch.float32:  # bf16: the reference's roundings
+            from model.kernels.silu_mul import silu_mul_ref
+
+            return silu_mul_ref(x)
+        return ops.silu_mul(x)
+
+    def attention_decode(q, k, v, k_cache, v_cache, start, cos=None, sin=None):
+        if not (
+            q.dtype == k_cache.dtype == torch.float32 and k_cache.is_contiguous()
+            and v_cache.is_contiguous() and (cos is None or cos.dtype == torch.float32)
+        ):
+            from model.kernels.attention_decode import attention_decode_ref
+
+            return attention_decode_ref(q, k, v, k_cache, v_cache, start, cos, sin)
+        return ops.attention_decode(q, k, v, k_cache, v_cache, int(start), cos, sin)
+
+    def decoder_layer_decode(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down, k_cache,
+                             v_cache, start, cos=None, sin=None):
+        weights = [p[0] for p in (qkv, o, gate_up, down)]
+        if not (
+            h.dtype == attn_norm.dtype == ffn_norm.dtype == k_cache.dtype == torch.float32
+            and all(w is not None and w.dtype in _LAYER_WEIGHT_DTYPES for w in weights)
+            and (cos is None or cos.dtype == torch.float32)
+        ):
+            from model.kernels.decoder_layer import decoder_layer_decode_ref
+
+            return decoder_layer_decode_ref(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down,
+                                            k_cache, v_cache, start, cos, sin)
+        return ops.decoder_layer_decode(h, attn_norm, ffn_norm, float(eps), list(qkv), list(o),
+                                        list(gate_up), list(down), k_cache, v_cache, int(start),
+                                        cos, sin)
+
     return {
+        "decoder_layer_decode": decoder_layer_decode,
+        "attention_decode": attention_decode,
+        "silu_mul": silu_mul,
         "rope": rope,
         "linear": linear,
         "rms_norm": rms_norm,
