@@ -48,12 +48,12 @@ def fused(owner: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     """
     parts = [getattr(owner, name) for name in names]
     cached = owner.__dict__.get("_fused_" + names[0])
-    if cached is not None and _same(cached[0], parts):
+    if cached is not None and same_identity(cached[0], parts):
         return cached[1]
     module = _concat_rows(parts)
     if module is not None:  # (a refusal is not kept: gradients may be switched off later)
         # Not a registered submodule: model.modules(), state_dict and quantize_ never see it.
-        owner.__dict__["_fused_" + names[0]] = (_leaves_of(parts), module)
+        owner.__dict__["_fused_" + names[0]] = (identity_key(parts), module)
     return module
 
 
@@ -70,7 +70,7 @@ def projection_tensors(module: nn.Module) -> list[torch.Tensor | None] | None:
     return None
 
 
-def _leaves_of(parts: list[nn.Module]) -> tuple[object, ...]:
+def identity_key(parts: list[nn.Module]) -> tuple[object, ...]:
     """What a fused module depends on: each part and its first tensor (its weight). Replacing a
     module (quantize_) or its weight (a loader) changes this; in-place writes do not need to."""
     key: list[object] = []
@@ -80,8 +80,8 @@ def _leaves_of(parts: list[nn.Module]) -> tuple[object, ...]:
     return tuple(key)
 
 
-def _same(key: tuple[object, ...], parts: list[nn.Module]) -> bool:
-    return all(a is b for a, b in zip(_leaves_of(parts), key, strict=True))
+def same_identity(key: tuple[object, ...], parts: list[nn.Module]) -> bool:
+    return all(a is b for a, b in zip(identity_key(parts), key, strict=True))
 
 
 def _concat_rows(parts: list[nn.Module]) -> nn.Module | None:

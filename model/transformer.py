@@ -38,7 +38,16 @@ from model.attention import Attention, AttentionInputs, causal_mask, rope_cos_si
 from model.cache import HybridCache, KVState, MambaState
 from model.config import LayerSpec, ModelConfig
 from model.errors import ContextLengthError
-from model.layers import MLP, Linear, MoE, RMSNorm, fused, projection_tensors
+from model.layers import (
+    MLP,
+    Linear,
+    MoE,
+    RMSNorm,
+    fused,
+    identity_key,
+    projection_tensors,
+    same_identity,
+)
 from model.mamba import MambaMixer
 
 
@@ -92,6 +101,21 @@ class Block(nn.Module):
         mixer, ffn = self.mixer, self.ffn
         if not isinstance(mixer, Attention) or not isinstance(ffn, MLP):
             return None
+        # Per-token fast path: reuse the lists while the seven projections (and their weights)
+        # are the same objects; fused() below rebuilds whatever changed.
+        parts = [mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.o_proj, ffn.gate_proj,
+                 ffn.up_proj, ffn.down_proj]
+        cached = self.__dict__.get("_decode_args")
+        if cached is not None and same_identity(cached[0], parts):
+            return cached[1]  # type: ignore[no-any-return]
+        args = self._build_decode_projections()
+        if args is not None:
+            self.__dict__["_decode_args"] = (identity_key(parts), args)
+        return args
+
+    def _build_decode_projections(self) -> list[list[torch.Tensor | None]] | None:
+        mixer, ffn = self.mixer, self.ffn
+        assert isinstance(mixer, Attention) and isinstance(ffn, MLP)
         qkv = fused(mixer, ("q_proj", "k_proj", "v_proj"))
         gate_up = fused(ffn, ("gate_proj", "up_proj"))
         if qkv is None or gate_up is None:

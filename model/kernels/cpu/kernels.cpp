@@ -107,7 +107,9 @@ inline float ld(const T* p) {
 
 // Small per-channel parameters (A, D, biases, norm weights) as contiguous fp32; optional ones
 // become an empty tensor. Converting costs nothing when they already are fp32 and contiguous.
-Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+Tensor f32(const Tensor& t) {  // no dispatcher round trip in the common case (per-token calls)
+  return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.to(at::kFloat).contiguous();
+}
 Tensor f32(const std::optional<Tensor>& t) { return t.has_value() ? f32(*t) : Tensor(); }
 const float* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 

@@ -259,19 +259,18 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
 
     def decoder_layer_decode(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down, k_cache,
                              v_cache, start, cos=None, sin=None):
-        weights = [p[0] for p in (qkv, o, gate_up, down)]
         if not (
             h.dtype == attn_norm.dtype == ffn_norm.dtype == k_cache.dtype == torch.float32
-            and all(w is not None and w.dtype in _LAYER_WEIGHT_DTYPES for w in weights)
+            and qkv[0].dtype in _LAYER_WEIGHT_DTYPES and o[0].dtype in _LAYER_WEIGHT_DTYPES
+            and gate_up[0].dtype in _LAYER_WEIGHT_DTYPES and down[0].dtype in _LAYER_WEIGHT_DTYPES
             and (cos is None or cos.dtype == torch.float32)
         ):
             from model.kernels.decoder_layer import decoder_layer_decode_ref
 
             return decoder_layer_decode_ref(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down,
                                             k_cache, v_cache, start, cos, sin)
-        return ops.decoder_layer_decode(h, attn_norm, ffn_norm, float(eps), list(qkv), list(o),
-                                        list(gate_up), list(down), k_cache, v_cache, int(start),
-                                        cos, sin)
+        return ops.decoder_layer_decode(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down,
+                                        k_cache, v_cache, start, cos, sin)
 
     return {
         "decoder_layer_decode": decoder_layer_decode,
