@@ -23,6 +23,12 @@ An exception from inside the layers (out of memory, an interrupt) leaves the cac
 states undefined (``seq_len`` does not advance): take a ``cache.snapshot()`` first where that
 matters.
 
+A plain decode step (one token per row, at most 8 rows, fp32 on the CPU, no padding or sliding
+window in the way) runs each attention + MLP layer (every Llama-family layer, and Jamba's
+attention layers that have a dense MLP) as ONE ``kernels.decoder_layer_decode`` op over the
+fused q|k|v and gate|up projections (``model.layers.fused``): per-op Python dispatch, not
+arithmetic, was most of a small model's decode time.
+
 ``CausalLM(config)`` leaves the weights uninitialised: build models with ``model.hf.build_model``
 or ``model.hf.load_hf_dir`` (or the GGUF loader, which goes through ``build_model``).
 """
@@ -76,7 +82,8 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         if (
             isinstance(state, KVState) and h.shape[1] == 1 and h.shape[0] <= 8
-            and h.device.type == "cpu" and attn.mask is None and not attn.is_causal
+            and h.device.type == "cpu" and h.dtype == torch.float32
+            and attn.mask is None and not attn.is_causal
         ):
             args = self._decode_projections()
             if args is not None:  # a plain decode step of a Llama-family layer: one op
@@ -93,7 +100,6 @@ class Block(nn.Module):
             assert state is None or isinstance(state, MambaState)
             h = h + self.mixer(x, pad, state)
         return h + self.ffn(self.ffn_norm(h))
-
 
     def _decode_projections(self) -> list[list[torch.Tensor | None]] | None:
         """qkv, o, gate_up and down as ``kernels.decoder_layer_decode`` takes them, or None

@@ -906,40 +906,48 @@ Tensor int8_linear(const Tensor& x, const Tensor& weight, const Tensor& scale,
 // ---------------------------------------------------------------------------------------
 constexpr int64_t Q4_GROUP = Q_BLOCK;
 
-inline float int4_row_dot(const uint8_t* w, const float* sc, const float* mn, const int8_t* xq,
-                          const float* xs, const float* xsum, int64_t groups) {
-  float total = 0.0f;
+// RB rows of packed 4-bit weights (each `groups * 16` bytes, scale and minimum `groups` floats)
+// against one block-quantised activation row: out[r] = sum_g scale_rg * xs_g * (q_rg . xq_g)
+// + sum_g minimum_rg * xsum_g. The RB rows share each load of x (as the int8 kernel does).
+template <int RB>
+inline void int4_rows_dot(const uint8_t* w, const float* sc, const float* mn, const int8_t* xq,
+                          const float* xs, const float* xsum, int64_t groups, float* out) {
+  const int64_t row_bytes = groups * 16;
 #if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;  // two chains: even and odd groups
-  int64_t g = 0;
-  const uint8_t* ahead = w + 4 * groups * 16;  // the same bytes four rows on
-  for (; g + 2 <= groups; g += 2) {
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + g * 16), _MM_HINT_T0);
-    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * Q4_GROUP));
-    const __m256i x1 =
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (g + 1) * Q4_GROUP));
-    acc0 = _mm256_fmadd_ps(dot_q4(w + g * 16, x0), _mm256_set1_ps(sc[g] * xs[g]), acc0);
-    acc1 = _mm256_fmadd_ps(dot_q4(w + (g + 1) * 16, x1), _mm256_set1_ps(sc[g + 1] * xs[g + 1]),
-                           acc1);
-  }
-  if (g < groups) {
-    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * Q4_GROUP));
-    acc0 = _mm256_fmadd_ps(dot_q4(w + g * 16, x0), _mm256_set1_ps(sc[g] * xs[g]), acc0);
-  }
-  total = hsum256(_mm256_add_ps(acc0, acc1));
-#else
+  __m256 acc[RB];
+  for (auto& a : acc) a = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    int32_t dot = 0;
-    for (int64_t j = 0; j < 16; ++j) {
-      const uint8_t b = w[g * 16 + j];
-      dot += int32_t{b & 0x0F} * int32_t{xq[g * Q4_GROUP + j]};
-      dot += int32_t{b >> 4} * int32_t{xq[g * Q4_GROUP + 16 + j]};
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * Q4_GROUP));
+    const float xsg = xs[g];
+    for (int r = 0; r < RB; ++r) {
+      const uint8_t* wr = w + r * row_bytes + g * 16;
+      if ((g & 3) == 0)  // one prefetch per 64-byte line, RB rows ahead
+        _mm_prefetch(reinterpret_cast<const char*>(wr + RB * row_bytes), _MM_HINT_T0);
+      acc[r] = _mm256_fmadd_ps(dot_q4(wr, xv), _mm256_set1_ps(sc[r * groups + g] * xsg), acc[r]);
     }
-    total += static_cast<float>(dot) * (sc[g] * xs[g]);
+  }
+  for (int r = 0; r < RB; ++r) out[r] = hsum256(acc[r]);
+#else
+  for (int r = 0; r < RB; ++r) {
+    float total = 0.0f;
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t dot = 0;
+      for (int64_t j = 0; j < 16; ++j) {
+        const uint8_t b = w[r * row_bytes + g * 16 + j];
+        dot += int32_t{b & 0x0F} * int32_t{xq[g * Q4_GROUP + j]};
+        dot += int32_t{b >> 4} * int32_t{xq[g * Q4_GROUP + 16 + j]};
+      }
+      total += static_cast<float>(dot) * (sc[r * groups + g] * xs[g]);
+    }
+    out[r] = total;
   }
 #endif
-  for (int64_t i = 0; i < groups; ++i) total += mn[i] * xsum[i];
-  return total;
+  for (int r = 0; r < RB; ++r) {
+    float offset = 0.0f;
+#pragma omp simd reduction(+ : offset)
+    for (int64_t g = 0; g < groups; ++g) offset += mn[r * groups + g] * xsum[g];
+    out[r] += offset;
+  }
 }
 
 // y (rows, N) = x̂ (rows, K) @ W4^T + bias for packed 4-bit weights; x contiguous fp32.
@@ -957,14 +965,26 @@ void matvec_int4(const float* xp, int64_t rows, const uint8_t* wp, const float* 
       xsum[m * groups + g] = xs[m * groups + g] * static_cast<float>(total);
     }
   }
-  at::parallel_for(0, n_out, rows_per_task(k_in / 2), [&](int64_t begin, int64_t end) {
+  constexpr int64_t RB = 4;
+  at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in / 2), [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
-    for (int64_t n = begin; n < end; ++n)
-      for (int64_t m = 0; m < rows; ++m)
-        op[m * n_out + n] = int4_row_dot(wp + n * (k_in / 2), sp + n * groups, mp + n * groups,
-                                         xq.data() + m * k_in, xs.data() + m * groups,
-                                         xsum.data() + m * groups, groups) +
-                            (bp ? bp[n] : 0.0f);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * RB, nr = std::min(RB, n_out - n0);
+      for (int64_t m = 0; m < rows; ++m) {
+        const int8_t* xm = xq.data() + m * k_in;
+        const float *xsm = xs.data() + m * groups, *sum_m = xsum.data() + m * groups;
+        float acc[RB];
+        if (nr == RB) {
+          int4_rows_dot<RB>(wp + n0 * (k_in / 2), sp + n0 * groups, mp + n0 * groups, xm, xsm,
+                            sum_m, groups, acc);
+        } else {
+          for (int64_t r = 0; r < nr; ++r)
+            int4_rows_dot<1>(wp + (n0 + r) * (k_in / 2), sp + (n0 + r) * groups,
+                             mp + (n0 + r) * groups, xm, xsm, sum_m, groups, acc + r);
+        }
+        for (int64_t r = 0; r < nr; ++r) op[m * n_out + n0 + r] = acc[r] + (bp ? bp[n0 + r] : 0.0f);
+      }
+    }
   });
 }
 
