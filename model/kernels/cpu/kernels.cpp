@@ -1132,92 +1132,96 @@ inline void rope_row(const float* x, const float* c, const float* s, float* o, i
 // Attention of `group` query heads (q: group x hd, contiguous) over keys [t0, t1) of one kv
 // head (K, V: rows of hd floats). Leaves per head the unnormalised output sum_t e^(s_t - m) V_t,
 // the maximum score m and the sum of e^(s_t - m), for merging with the other slices.
+//
+// The keys go in blocks of ATT_BLOCK with an online softmax (running max, rescaled sums), so
+// each block of K and V is read from memory once and then served from L1 to every head of the
+// group: with the heads in the outer loop, a long context re-read K and V once per head.
+constexpr int64_t ATT_BLOCK = 64;
+
+// Four scores q.K[t..t+3] (rows hd floats apart), hd % 8 == 0.
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m128 dot4_keys(const float* qh, const float* kr, int64_t hd) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t d = 0; d < hd; d += 8) {
+    const __m256 qv = _mm256_loadu_ps(qh + d);
+    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + d), a0);
+    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + hd + d), a1);
+    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 2 * hd + d), a2);
+    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 3 * hd + d), a3);
+  }
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+#endif
+
+// acc (hd) += sum_t p[t] * V[t] over n rows of V (hd floats apart).
+inline void accumulate_rows(const float* p, const float* V, int64_t n, int64_t hd, float* acc) {
+  int64_t d0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  for (; hd % 8 == 0 && d0 + 64 <= hd; d0 += 64) {  // 64 outputs in eight registers
+    __m256 a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_ps(acc + d0 + 8 * j);
+    for (int64_t t = 0; t < n; ++t) {
+      const __m256 pv = _mm256_set1_ps(p[t]);
+      const float* vr = V + t * hd + d0;
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * j), a[j]);
+    }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(acc + d0 + 8 * j, a[j]);
+  }
+#endif
+  for (int64_t t = 0; t < n && d0 < hd; ++t) {
+    const float pt = p[t];
+    const float* vr = V + t * hd;
+#pragma omp simd
+    for (int64_t d = d0; d < hd; ++d) acc[d] += pt * vr[d];
+  }
+}
+
 void attend_slice(const float* q, const float* K, const float* V, int64_t t0, int64_t t1,
                   int64_t hd, int64_t group, float scale, float* scores, float* out, float* top,
                   float* sum) {
-  const int64_t n = t1 - t0;
   for (int64_t g = 0; g < group; ++g) {
     top[g] = -INFINITY;
     sum[g] = 0.0f;
     std::fill(out + g * hd, out + (g + 1) * hd, 0.0f);
   }
-  if (n <= 0) return;
 #if defined(__AVX2__) && defined(__FMA__)
   const bool vec = hd % 8 == 0;
-#else
-  const bool vec = false;
 #endif
-  for (int64_t g = 0; g < group; ++g) {
-    const float* qh = q + g * hd;
-    float* sg = scores + g * n;
-    int64_t t = 0;
+  for (int64_t b0 = t0; b0 < t1; b0 += ATT_BLOCK) {
+    const int64_t n = std::min(ATT_BLOCK, t1 - b0);
+    const float* kb = K + b0 * hd;
+    const float* vb = V + b0 * hd;
+    for (int64_t g = 0; g < group; ++g) {
+      const float* qh = q + g * hd;
+      float* sg = scores + g * ATT_BLOCK;
+      int64_t t = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-    // Four keys at a time: four independent FMA chains, reduced together with hadd.
-    for (; vec && t + 4 <= n; t += 4) {
-      const float* kr = K + (t0 + t) * hd;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t d = 0; d < hd; d += 8) {
-        const __m256 qv = _mm256_loadu_ps(qh + d);
-        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + d), a0);
-        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + hd + d), a1);
-        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 2 * hd + d), a2);
-        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 3 * hd + d), a3);
-      }
-      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-      const __m128 four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-      _mm_storeu_ps(sg + t, _mm_mul_ps(four, _mm_set1_ps(scale)));
-    }
+      for (; vec && t + 4 <= n; t += 4)
+        _mm_storeu_ps(sg + t, _mm_mul_ps(dot4_keys(qh, kb + t * hd, hd), _mm_set1_ps(scale)));
 #endif
-    for (; t < n; ++t) {
-      const float* kr = K + (t0 + t) * hd;
-      float dot = 0.0f;
-      for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kr[d];
-      sg[t] = dot * scale;
-    }
-  }
-  for (int64_t g = 0; g < group; ++g) {
-    float* sg = scores + g * n;
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t t = 0; t < n; ++t) m = std::max(m, sg[t]);
-    float total = 0.0f;
+      for (; t < n; ++t) {
+        float dot = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kb[t * hd + d];
+        sg[t] = dot * scale;
+      }
+      float block_max = -INFINITY;
+#pragma omp simd reduction(max : block_max)
+      for (int64_t i = 0; i < n; ++i) block_max = std::max(block_max, sg[i]);
+      const float m = std::max(top[g], block_max);
+      const float rescale = fast_exp(top[g] - m);  // 0 on the first block (top = -inf)
+      float total = 0.0f;
 #pragma omp simd reduction(+ : total)
-    for (int64_t t = 0; t < n; ++t) {
-      sg[t] = fast_exp(sg[t] - m);  // vectorised; libm's expf made this loop the bottleneck
-      total += sg[t];
-    }
-    top[g] = m;
-    sum[g] = total;
-    float* o = out + g * hd;
-    int64_t d0 = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    // 64 output values at a time in eight registers, over all the keys.
-    for (; vec && d0 + 8 <= hd; d0 += 64) {
-      const int64_t lanes = std::min<int64_t>(8, (hd - d0) / 8);
-      __m256 acc[8];
-      for (auto& a : acc) a = _mm256_setzero_ps();
-      if (lanes == 8) {  // a constant trip count keeps the accumulators in registers
-        for (int64_t t = 0; t < n; ++t) {
-          const __m256 p = _mm256_set1_ps(sg[t]);
-          const float* vr = V + (t0 + t) * hd + d0;
-          for (int64_t j = 0; j < 8; ++j)
-            acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * j), acc[j]);
-        }
-      } else {
-        for (int64_t t = 0; t < n; ++t) {
-          const __m256 p = _mm256_set1_ps(sg[t]);
-          const float* vr = V + (t0 + t) * hd + d0;
-          for (int64_t j = 0; j < lanes; ++j)
-            acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * j), acc[j]);
-        }
+      for (int64_t i = 0; i < n; ++i) {
+        sg[i] = fast_exp(sg[i] - m);  // vectorised; libm's expf was this loop's bottleneck
+        total += sg[i];
       }
-      for (int64_t j = 0; j < lanes; ++j) _mm256_storeu_ps(o + d0 + 8 * j, acc[j]);
-    }
-#endif
-    for (int64_t t = 0; t < n && d0 < hd; ++t) {
-      const float p = sg[t];
-      const float* vr = V + (t0 + t) * hd;
-      for (int64_t d = d0; d < hd; ++d) o[d] += p * vr[d];
+      float* o = out + g * hd;
+      if (rescale != 1.0f)
+        for (int64_t d = 0; d < hd; ++d) o[d] *= rescale;
+      sum[g] = sum[g] * rescale + total;
+      top[g] = m;
+      accumulate_rows(sg, vb, n, hd, o);
     }
   }
 }
@@ -1265,7 +1269,7 @@ void attention_step(const float* qp_in, int64_t q_stride, const float* kn_in, co
   const float* qp = q_rot.data();
   const int64_t grain = std::max<int64_t>(1, 32768 / (2 * per_split * hd));
   at::parallel_for(0, pairs * splits, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(group * per_split);
+    std::vector<float> scores(group * ATT_BLOCK);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t pair = unit / splits, b = pair / kv_heads, kh = pair % kv_heads;
       const int64_t t0 = (unit % splits) * per_split, t1 = std::min(keys, t0 + per_split);
