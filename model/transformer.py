@@ -85,12 +85,11 @@ class Block(nn.Module):
             and h.device.type == "cpu" and h.dtype == torch.float32
             and attn.mask is None and not attn.is_causal
         ):
-            args = self._decode_projections()
-            if args is not None:  # a plain decode step of a Llama-family layer: one op
+            step = self._decode_step()
+            if step is not None:  # a plain decode step of a Llama-family layer: one op
                 cos, sin = attn.rope if attn.rope is not None else (None, None)
                 return kernels.decoder_layer_decode(
-                    h, self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *args,
-                    state.k, state.v, attn.start, cos, sin,
+                    h, *step, state.k, state.v, attn.start, cos, sin
                 )
         x = self.mixer_norm(h)
         if isinstance(self.mixer, Attention):
@@ -101,33 +100,35 @@ class Block(nn.Module):
             h = h + self.mixer(x, pad, state)
         return h + self.ffn(self.ffn_norm(h))
 
-    def _decode_projections(self) -> list[list[torch.Tensor | None]] | None:
-        """qkv, o, gate_up and down as ``kernels.decoder_layer_decode`` takes them, or None
-        when this layer is not attention + MLP or its projections cannot be fused."""
-        mixer, ffn = self.mixer, self.ffn
+    def _decode_step(self) -> tuple[object, ...] | None:
+        """The weights ``kernels.decoder_layer_decode`` takes (norms, eps, then qkv, o, gate_up
+        and down), or None when this layer is not attention + MLP or cannot be fused.
+
+        Called for every layer of every token, so it reads the module tables directly (not
+        through nn.Module's slow attribute lookup) and reuses its answer while the nine
+        modules involved, and their weights, are the same objects; fused() rebuilds whatever
+        changed (quantize_ replacing the projections, a loader assigning weights).
+        """
+        mods = self._modules
+        mixer, ffn = mods["mixer"], mods["ffn"]
         if not isinstance(mixer, Attention) or not isinstance(ffn, MLP):
             return None
-        # Per-token fast path: reuse the lists while the seven projections (and their weights)
-        # are the same objects; fused() below rebuilds whatever changed.
-        parts = [mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.o_proj, ffn.gate_proj,
-                 ffn.up_proj, ffn.down_proj]
-        cached = self.__dict__.get("_decode_args")
+        mm, fm = mixer._modules, ffn._modules
+        parts = [mm["q_proj"], mm["k_proj"], mm["v_proj"], mm["o_proj"], fm["gate_proj"],
+                 fm["up_proj"], fm["down_proj"], mods["mixer_norm"], mods["ffn_norm"]]
+        cached = self.__dict__.get("_decode_step_args")
         if cached is not None and same_identity(cached[0], parts):
             return cached[1]  # type: ignore[no-any-return]
-        args = self._build_decode_projections()
-        if args is not None:
-            self.__dict__["_decode_args"] = (identity_key(parts), args)
-        return args
-
-    def _build_decode_projections(self) -> list[list[torch.Tensor | None]] | None:
-        mixer, ffn = self.mixer, self.ffn
-        assert isinstance(mixer, Attention) and isinstance(ffn, MLP)
         qkv = fused(mixer, ("q_proj", "k_proj", "v_proj"))
         gate_up = fused(ffn, ("gate_proj", "up_proj"))
         if qkv is None or gate_up is None:
             return None
         projections = [projection_tensors(m) for m in (qkv, mixer.o_proj, gate_up, ffn.down_proj)]
-        return None if any(p is None for p in projections) else projections  # type: ignore[return-value]
+        if any(p is None for p in projections):
+            return None
+        step = (self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *projections)
+        self.__dict__["_decode_step_args"] = (identity_key(parts), step)  # after fused() rebinds
+        return step
 
 
 class Embedding(nn.Module):

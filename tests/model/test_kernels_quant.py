@@ -188,7 +188,7 @@ def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factor
     monkeypatch.setattr(kernels, "decoder_layer_decode", lambda *a: calls.append(1) or real_op(*a))
     one_op = decode()
     assert len(calls) == 6 * len(model.layers)  # every layer of every decode step
-    monkeypatch.setattr(Block, "_decode_projections", lambda self: None)
+    monkeypatch.setattr(Block, "_decode_step", lambda self: None)
     modules = decode()
     torch.testing.assert_close(one_op, modules, rtol=1e-4, atol=1e-4)
     if mode == "none":
