@@ -1,6 +1,7 @@
-// CPU kernels for the Mamba mixer of the Jamba engine, registered as torch custom ops
-// (namespace model_kernels). The fp32 PyTorch references in model/kernels/*.py are the
-// specification; tests compare every op here against them.
+// CPU kernels of the engine, registered as torch custom ops (namespace model_kernels): the
+// Mamba mixer (scan, conv, fused decode step), quantised and fp32 matvecs, RMSNorm, RoPE, and
+// for decode a one-token attention and a whole Llama-family layer. The PyTorch references in
+// model/kernels/*.py are the specification; tests compare every op here against them.
 //
 // Glossary: Bt batch, ED channels (d_inner), N state size, L length, K conv width, R dt_rank.
 //
@@ -32,6 +33,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -1304,6 +1306,18 @@ void attention_step(const float* qp_in, int64_t q_stride, const float* kn_in, co
   }
 }
 
+// RoPE tables of a decode step as contiguous fp32 (B, 1, hd), or two undefined tensors.
+std::pair<Tensor, Tensor> rope_tables(const std::optional<Tensor>& cos,
+                                      const std::optional<Tensor>& sin, int64_t batch,
+                                      int64_t hd, const char* op) {
+  TORCH_CHECK(cos.has_value() == sin.has_value(), op, ": pass both cos and sin, or neither");
+  if (!cos.has_value()) return {Tensor(), Tensor()};
+  Tensor cc = f32(*cos), sc = f32(*sin);
+  TORCH_CHECK(cc.numel() == batch * hd && sc.numel() == batch * hd, op,
+              ": cos and sin must be (B, 1, hd)");
+  return {cc, sc};
+}
+
 Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& k_cache,
                         Tensor& v_cache, int64_t start, const std::optional<Tensor>& cos,
                         const std::optional<Tensor>& sin) {
@@ -1323,15 +1337,8 @@ Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tenso
   TORCH_CHECK(heads % kv_heads == 0 && k.numel() == batch * kv_heads * hd &&
                   v.numel() == k.numel(),
               "attention_decode: k and v must be (B, 1, Hkv * hd) with H a multiple of Hkv");
-  const bool rotary = cos.has_value();
-  TORCH_CHECK(rotary == sin.has_value(), "attention_decode: pass both cos and sin, or neither");
-  Tensor cc, sc;
-  if (rotary) {
-    cc = f32(*cos);
-    sc = f32(*sin);
-    TORCH_CHECK(cc.numel() == batch * hd && sc.numel() == batch * hd,
-                "attention_decode: cos and sin must be (B, 1, hd)");
-  }
+  const auto [cc, sc] = rope_tables(cos, sin, batch, hd, "attention_decode");
+  const bool rotary = cc.defined();
   const Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   Tensor out = at::empty({batch, 1, heads * hd}, q.options());
   attention_step(qc.data_ptr<float>(), heads * hd, kc.data_ptr<float>(), vc.data_ptr<float>(),
@@ -1439,15 +1446,8 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
   const int64_t inter = p_gu.n_out / 2;
   const Proj p_down = make_proj(down, "down", inter);
   TORCH_CHECK(p_down.n_out == dim, "decoder_layer_decode: down must have D outputs");
-  const bool rotary = cos.has_value();
-  TORCH_CHECK(rotary == sin.has_value(), "decoder_layer_decode: pass both cos and sin, or neither");
-  Tensor cc, sc;
-  if (rotary) {
-    cc = f32(*cos);
-    sc = f32(*sin);
-    TORCH_CHECK(cc.numel() == batch * hd && sc.numel() == batch * hd,
-                "decoder_layer_decode: cos and sin must be (B, 1, hd)");
-  }
+  const auto [cc, sc] = rope_tables(cos, sin, batch, hd, "decoder_layer_decode");
+  const bool rotary = cc.defined();
   const Tensor an = attn_norm.contiguous(), fn = ffn_norm.contiguous();
   Tensor out = h.contiguous().clone();
   float* hp = out.data_ptr<float>();
