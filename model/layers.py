@@ -71,22 +71,29 @@ def projection_tensors(module: nn.Module) -> list[torch.Tensor | None] | None:
 
 
 def identity_key(parts: list[nn.Module]) -> tuple[object, ...]:
-    """What a fused module depends on: each part and its first tensor (its weight). Replacing a
-    module (quantize_) or its weight (a loader) changes this; in-place writes do not need to."""
+    """What a fused module depends on: each part, its first tensor (its weight) and that
+    tensor's memory. Replacing a module (quantize_), its weight (a loader) or the weight's data
+    (``model.to(dtype or device)`` swaps ``param.data``) changes this; in-place writes
+    (``load_state_dict``) go into the fused tensors and need not."""
     key: list[object] = []
     for p in parts:
         tensors = p._parameters or p._buffers
-        key += (p, next(iter(tensors.values()), None))
+        first = next(iter(tensors.values()), None)
+        key += (p, first, 0 if first is None else first.data_ptr())
     return tuple(key)
 
 
 def same_identity(key: tuple[object, ...], parts: list[nn.Module]) -> bool:
-    """``identity_key(parts) == key`` by identity (on every decode step: kept to a plain loop)."""
-    if len(key) != 2 * len(parts):
+    """``identity_key(parts) == key`` (on every decode step: kept to a plain loop)."""
+    if len(key) != 3 * len(parts):
         return False
     for i, p in enumerate(parts):
         tensors = p._parameters or p._buffers
-        if key[2 * i] is not p or key[2 * i + 1] is not next(iter(tensors.values()), None):
+        first = next(iter(tensors.values()), None)
+        if (
+            key[3 * i] is not p or key[3 * i + 1] is not first
+            or key[3 * i + 2] != (0 if first is None else first.data_ptr())
+        ):
             return False
     return True
 

@@ -248,3 +248,25 @@ def test_projections_that_need_gradients_are_not_fused():
     both = fused(owner, ("a", "b"))
     x = torch.randn(3, 8)
     torch.testing.assert_close(both(x), torch.cat([owner.a(x), owner.b(x)], -1))
+
+
+def test_fused_projections_follow_a_dtype_change_after_use(checkpoint_factory):
+    """``model.to(dtype)`` swaps each parameter's data in place (same Parameter objects): the
+    fused q|k|v and gate|up and the decode op's cached arguments must follow, not keep serving
+    the old fp32 copies."""
+    from model.hf import load_hf_dir
+
+    path = checkpoint_factory("llama").path
+    model, fresh = load_hf_dir(path), load_hf_dir(path).to(torch.bfloat16)
+    ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(6))
+
+    def prefill_and_step(m):
+        cache = m.new_cache(1, 8)
+        return torch.cat([m(ids[:, :5], cache), m(ids[:, 5:], cache)], 1)
+
+    with torch.inference_mode():
+        prefill_and_step(model)  # fuses, caches the decode op's arguments
+        model.to(torch.bfloat16)
+        torch.testing.assert_close(prefill_and_step(model), prefill_and_step(fresh))
+        model.float()  # back on the fp32 decode op, with the bf16-rounded weights
+        torch.testing.assert_close(prefill_and_step(model), prefill_and_step(fresh.float()))
