@@ -1306,6 +1306,17 @@ void attention_step(const float* qp_in, int64_t q_stride, const float* kn_in, co
   }
 }
 
+// The KV cache of a decode op: contiguous CPU fp32 (B, Hkv, S, hd) pair with slot `start` inside.
+void check_kv_cache(const Tensor& k_cache, const Tensor& v_cache, int64_t start, const char* op) {
+  TORCH_CHECK(k_cache.device().is_cpu() && k_cache.scalar_type() == at::kFloat &&
+                  v_cache.device().is_cpu() && v_cache.scalar_type() == at::kFloat &&
+                  k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  v_cache.sizes() == k_cache.sizes(),
+              op, ": k_cache and v_cache must be contiguous CPU fp32 (B, Hkv, S, hd) tensors");
+  TORCH_CHECK(start >= 0 && start < k_cache.size(2), op, ": slot ", start,
+              " outside the cache (", k_cache.size(2), " slots)");
+}
+
 // RoPE tables of a decode step as contiguous fp32 (B, 1, hd), or two undefined tensors.
 std::pair<Tensor, Tensor> rope_tables(const std::optional<Tensor>& cos,
                                       const std::optional<Tensor>& sin, int64_t batch,
@@ -1321,16 +1332,12 @@ std::pair<Tensor, Tensor> rope_tables(const std::optional<Tensor>& cos,
 Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& k_cache,
                         Tensor& v_cache, int64_t start, const std::optional<Tensor>& cos,
                         const std::optional<Tensor>& sin) {
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&q, &k, &v, &k_cache, &v_cache})
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&q, &k, &v})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat,
-                "attention_decode: q, k, v and the caches must be CPU fp32 tensors");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  v_cache.sizes() == k_cache.sizes(),
-              "attention_decode: k_cache and v_cache must be contiguous (B, Hkv, S, hd)");
+                "attention_decode: q, k and v must be CPU fp32 tensors");
+  check_kv_cache(k_cache, v_cache, start, "attention_decode");
   const int64_t batch = k_cache.size(0), kv_heads = k_cache.size(1), slots = k_cache.size(2),
                 hd = k_cache.size(3);
-  TORCH_CHECK(start >= 0 && start < slots, "attention_decode: slot ", start,
-              " outside the cache (", slots, " slots)");
   TORCH_CHECK(q.numel() % (batch * hd) == 0 && q.size(0) == batch,
               "attention_decode: q must be (B, 1, H * hd)");
   const int64_t heads = q.numel() / (batch * hd);
@@ -1428,13 +1435,10 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
   for (const Tensor* t : std::initializer_list<const Tensor*>{&attn_norm, &ffn_norm})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == dim,
                 "decoder_layer_decode: the norm weights must be fp32 (D,)");
-  TORCH_CHECK(k_cache.scalar_type() == at::kFloat && k_cache.dim() == 4 &&
-                  k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  v_cache.sizes() == k_cache.sizes() && k_cache.size(0) == batch,
-              "decoder_layer_decode: the caches must be contiguous fp32 (B, Hkv, S, hd)");
+  check_kv_cache(k_cache, v_cache, start, "decoder_layer_decode");
+  TORCH_CHECK(k_cache.size(0) == batch, "decoder_layer_decode: the caches hold ",
+              k_cache.size(0), " rows, h ", batch);
   const int64_t kv_heads = k_cache.size(1), slots = k_cache.size(2), hd = k_cache.size(3);
-  TORCH_CHECK(start >= 0 && start < slots, "decoder_layer_decode: slot ", start,
-              " outside the cache (", slots, " slots)");
   const Proj p_qkv = make_proj(qkv, "qkv", dim);
   const int64_t heads = (p_qkv.n_out - 2 * kv_heads * hd) / hd;
   TORCH_CHECK(heads > 0 && heads % kv_heads == 0 && p_qkv.n_out == (heads + 2 * kv_heads) * hd,
