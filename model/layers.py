@@ -13,12 +13,16 @@ The attention mixer lives in ``model/attention.py`` and the Mamba mixer in ``mod
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model import kernels
+
+T = TypeVar("T")
 
 
 class Linear(nn.Linear):
@@ -47,14 +51,24 @@ def fused(owner: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     gradients.
     """
     parts = [getattr(owner, name) for name in names]
-    cached = owner.__dict__.get("_fused_" + names[0])
+    # Kept in owner.__dict__, not as a registered submodule: model.modules(), state_dict and
+    # quantize_ never see it.
+    return cached_by_identity(owner, "_fused_" + names[0], parts, lambda: _concat_rows(parts))
+
+
+def cached_by_identity(owner: nn.Module, slot: str, parts: list[nn.Module],
+                       build: Callable[[], T | None]) -> T | None:
+    """``build()``, kept in ``owner.__dict__[slot]`` and returned again while ``parts`` are the
+    same modules with the same weights (:func:`identity_key`). The key is taken after
+    ``build`` ran, since building may rebind the parts' weights (fusing does); a None result
+    is not kept (a refusal may not hold later, e.g. once gradients are switched off)."""
+    cached = owner.__dict__.get(slot)
     if cached is not None and same_identity(cached[0], parts):
-        return cached[1]
-    module = _concat_rows(parts)
-    if module is not None:  # (a refusal is not kept: gradients may be switched off later)
-        # Not a registered submodule: model.modules(), state_dict and quantize_ never see it.
-        owner.__dict__["_fused_" + names[0]] = (identity_key(parts), module)
-    return module
+        return cached[1]  # type: ignore[no-any-return]
+    value = build()
+    if value is not None:
+        owner.__dict__[slot] = (identity_key(parts), value)
+    return value
 
 
 def projection_tensors(module: nn.Module) -> list[torch.Tensor | None] | None:
@@ -77,10 +91,14 @@ def identity_key(parts: list[nn.Module]) -> tuple[object, ...]:
     (``load_state_dict``) go into the fused tensors and need not."""
     key: list[object] = []
     for p in parts:
-        tensors = p._parameters or p._buffers
-        first = next(iter(tensors.values()), None)
-        key += (p, first, 0 if first is None else first.data_ptr())
+        key += (p, *_first_tensor(p))
     return tuple(key)
+
+
+def _first_tensor(module: nn.Module) -> tuple[torch.Tensor | None, int]:
+    """A module's first parameter (else buffer) and the address of its data (0 for none)."""
+    first = next(iter((module._parameters or module._buffers).values()), None)
+    return first, 0 if first is None else first.data_ptr()
 
 
 def same_identity(key: tuple[object, ...], parts: list[nn.Module]) -> bool:
@@ -88,12 +106,8 @@ def same_identity(key: tuple[object, ...], parts: list[nn.Module]) -> bool:
     if len(key) != 3 * len(parts):
         return False
     for i, p in enumerate(parts):
-        tensors = p._parameters or p._buffers
-        first = next(iter(tensors.values()), None)
-        if (
-            key[3 * i] is not p or key[3 * i + 1] is not first
-            or key[3 * i + 2] != (0 if first is None else first.data_ptr())
-        ):
+        first, address = _first_tensor(p)
+        if key[3 * i] is not p or key[3 * i + 1] is not first or key[3 * i + 2] != address:
             return False
     return True
 

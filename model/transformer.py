@@ -49,10 +49,9 @@ from model.layers import (
     Linear,
     MoE,
     RMSNorm,
+    cached_by_identity,
     fused,
-    identity_key,
     projection_tensors,
-    same_identity,
 )
 from model.mamba import MambaMixer
 
@@ -116,9 +115,11 @@ class Block(nn.Module):
         mm, fm = mixer._modules, ffn._modules
         parts = [mm["q_proj"], mm["k_proj"], mm["v_proj"], mm["o_proj"], fm["gate_proj"],
                  fm["up_proj"], fm["down_proj"], mods["mixer_norm"], mods["ffn_norm"]]
-        cached = self.__dict__.get("_decode_step_args")
-        if cached is not None and same_identity(cached[0], parts):
-            return cached[1]  # type: ignore[no-any-return]
+        return cached_by_identity(self, "_decode_step_args", parts, self._build_decode_step)
+
+    def _build_decode_step(self) -> tuple[object, ...] | None:
+        mixer, ffn = self.mixer, self.ffn
+        assert isinstance(mixer, Attention) and isinstance(ffn, MLP)
         qkv = fused(mixer, ("q_proj", "k_proj", "v_proj"))
         gate_up = fused(ffn, ("gate_proj", "up_proj"))
         if qkv is None or gate_up is None:
@@ -126,9 +127,7 @@ class Block(nn.Module):
         projections = [projection_tensors(m) for m in (qkv, mixer.o_proj, gate_up, ffn.down_proj)]
         if any(p is None for p in projections):
             return None
-        step = (self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *projections)
-        self.__dict__["_decode_step_args"] = (identity_key(parts), step)  # after fused() rebinds
-        return step
+        return (self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *projections)
 
 
 class Embedding(nn.Module):
