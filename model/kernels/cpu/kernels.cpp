@@ -578,10 +578,12 @@ void mamba_decode_kernel(const Tensor& x, const Tensor& z, Tensor& conv_state, T
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / channels, d = row % channels;
       for (int64_t k = 0; k < width; ++k) w[k] = ld(cw + d * width + k);
-      const float y = conv_step(cs + row * size, size, ld(xp + b * sxb + d), w, width,
-                                cb ? ld(cb + d) : 0.0f);
-      u[row] = silu(y);
+      u[row] = conv_step(cs + row * size, size, ld(xp + b * sxb + d), w, width,
+                         cb ? ld(cb + d) : 0.0f);
     }
+    float* ur = u.data();
+#pragma omp simd
+    for (int64_t row = begin; row < end; ++row) ur[row] = silu(ur[row]);  // a SIMD pass
   });
   // Phase 2: x_proj, one weight row per output (streamed once for all batch rows).
   at::parallel_for(0, n_proj, 8, [&](int64_t begin, int64_t end) {
@@ -604,23 +606,43 @@ void mamba_decode_kernel(const Tensor& x, const Tensor& z, Tensor& conv_state, T
     rms_norm_inplace(p + rank, n_state, bw, eps);
     rms_norm_inplace(p + rank + n_state, n_state, cwn, eps);
   }
-  // Phase 4: dt_proj row + bias + softplus, scan step, D skip, gate, per channel.
-  at::parallel_for(0, channels, 512, [&](int64_t begin, int64_t end) {
+  // Phase 4, per block of channels: dt_proj + bias, softplus, scan step, D skip, gate. Each
+  // pass is a SIMD loop over the block (the dt_proj dots over R, softplus and the gate over
+  // channels, the scan step over N); done channel by channel in scalar code they were most of
+  // this op.
+  constexpr int64_t DB = 64;
+  at::parallel_for(0, (channels + DB - 1) / DB, 4, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
-    for (int64_t d = begin; d < end; ++d) {
-      const T* pr = P + d * rank;
+    float step[DB], gate[DB], y[DB];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t d0 = blk * DB, nd = std::min(DB, channels - d0);
       for (int64_t b = 0; b < batch; ++b) {
         const float* p = proj.data() + b * n_proj;
-        float step = pb ? ld(pb + d) : 0.0f;
-        for (int64_t r = 0; r < rank; ++r) step += ld(pr + r) * p[r];
-        step = softplus(step);
-        const int64_t row = b * channels + d;
-        const float ud = u[row];
-        float y = ssm_step(hs + row * n_state, a + d * n_state, p + rank, p + rank + n_state,
-                           n_state, step, ud);
-        y += Dp ? ld(Dp + d) * ud : 0.0f;
-        if (zp) y *= silu(ld(zp + b * szb + d));
-        op[row] = static_cast<T>(y);
+        const float* ub = u.data() + b * channels + d0;
+        for (int64_t i = 0; i < nd; ++i) {
+          const T* pr = P + (d0 + i) * rank;
+          float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t r = 0; r < rank; ++r) dot += ld(pr + r) * p[r];
+          step[i] = dot + (pb ? ld(pb + d0 + i) : 0.0f);
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < nd; ++i) step[i] = softplus(step[i]);
+        for (int64_t i = 0; i < nd; ++i) {
+          const int64_t d = d0 + i;
+          y[i] = ssm_step(hs + (b * channels + d) * n_state, a + d * n_state, p + rank,
+                          p + rank + n_state, n_state, step[i], ub[i]);
+        }
+        if (Dp) {
+#pragma omp simd
+          for (int64_t i = 0; i < nd; ++i) y[i] += ld(Dp + d0 + i) * ub[i];
+        }
+        if (zp) {
+          for (int64_t i = 0; i < nd; ++i) gate[i] = ld(zp + b * szb + d0 + i);
+#pragma omp simd
+          for (int64_t i = 0; i < nd; ++i) y[i] *= silu(gate[i]);
+        }
+        for (int64_t i = 0; i < nd; ++i) op[b * channels + d0 + i] = static_cast<T>(y[i]);
       }
     }
   });
