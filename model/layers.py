@@ -84,6 +84,26 @@ def projection_tensors(module: nn.Module) -> list[torch.Tensor | None] | None:
     return None
 
 
+def expert_projections(stack: torch.Tensor | nn.Module, experts: int) -> list[torch.Tensor | None] | None:
+    """An MoE expert stack as one flat list of ``[weight, scale, minimum, bias]`` per expert (the
+    layout of ``kernels.moe_decode``): a 3-D (E, out, in) parameter, or a
+    ``model.quant.QuantExperts``; None for anything else, or for weights that need gradients."""
+    if isinstance(stack, torch.Tensor):
+        if stack.dim() != 3 or stack.shape[0] != experts or stack.requires_grad:
+            return None
+        return [t for e in range(experts) for t in (stack[e], None, None, None)]
+    modules = getattr(stack, "experts", None)
+    if not isinstance(modules, nn.ModuleList) or len(modules) != experts:
+        return None
+    flat: list[torch.Tensor | None] = []
+    for module in modules:
+        parts = projection_tensors(module)
+        if parts is None:
+            return None
+        flat += parts
+    return flat
+
+
 def identity_key(parts: list[nn.Module]) -> tuple[object, ...]:
     """What a fused module depends on: each part, its first tensor (its weight) and that
     tensor's memory. Replacing a module (quantize_), its weight (a loader) or the weight's data

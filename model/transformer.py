@@ -50,6 +50,7 @@ from model.layers import (
     MoE,
     RMSNorm,
     cached_by_identity,
+    expert_projections,
     fused,
     projection_tensors,
 )
@@ -80,24 +81,53 @@ class Block(nn.Module):
         state: MambaState | KVState | None,
     ) -> torch.Tensor:
         if (
-            isinstance(state, KVState) and h.shape[1] == 1 and h.shape[0] <= 8
+            state is not None and h.shape[1] == 1 and h.shape[0] <= 8
             and h.device.type == "cpu" and h.dtype == torch.float32
-            and attn.mask is None and not attn.is_causal
         ):
-            step = self._decode_step()
-            if step is not None:  # a plain decode step of a Llama-family layer: one op
-                cos, sin = attn.rope if attn.rope is not None else (None, None)
-                return kernels.decoder_layer_decode(
-                    h, *step, state.k, state.v, attn.start, cos, sin
-                )
+            return self._decode(h, attn, pad, state)
+        return self._ffn(self._mixer(h, attn, pad, state))
+
+    def _mixer(
+        self, h: torch.Tensor, attn: AttentionInputs, pad: torch.Tensor | None,
+        state: MambaState | KVState | None,
+    ) -> torch.Tensor:
         x = self.mixer_norm(h)
         if isinstance(self.mixer, Attention):
             assert state is None or isinstance(state, KVState)
-            h = h + self.mixer(x, attn, state)
-        else:
-            assert state is None or isinstance(state, MambaState)
-            h = h + self.mixer(x, pad, state)
+            return h + self.mixer(x, attn, state)
+        assert state is None or isinstance(state, MambaState)
+        return h + self.mixer(x, pad, state)
+
+    def _ffn(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.ffn(self.ffn_norm(h))
+
+    def _decode(
+        self, h: torch.Tensor, attn: AttentionInputs, pad: torch.Tensor | None,
+        state: MambaState | KVState,
+    ) -> torch.Tensor:
+        """A decode step (one fp32 CPU token per row) through the fused sublayer ops where the
+        layer allows them, the modules elsewhere."""
+        if isinstance(state, KVState):
+            if attn.mask is None and not attn.is_causal:
+                step = self._decode_step()
+                if step is not None:  # a plain decode step of a Llama-family layer: one op
+                    cos, sin = attn.rope if attn.rope is not None else (None, None)
+                    return kernels.decoder_layer_decode(
+                        h, *step, state.k, state.v, attn.start, cos, sin
+                    )
+            h = self._mixer(h, attn, pad, state)
+        else:
+            mamba = self._mamba_step() if pad is None else None
+            if mamba is None:
+                h = self._mixer(h, attn, pad, state)
+            else:
+                norm, eps, in_proj, mixer, *weights = mamba
+                h = kernels.mamba_mixer_decode(
+                    h, norm, eps, in_proj, state.conv, state.ssm, *weights[:5], mixer._A(),
+                    *weights[5:],
+                )
+        moe = self._moe_step()
+        return self._ffn(h) if moe is None else kernels.moe_decode(h, *moe)
 
     def _decode_step(self) -> tuple[object, ...] | None:
         """The weights ``kernels.decoder_layer_decode`` takes (norms, eps, then qkv, o, gate_up
@@ -128,6 +158,59 @@ class Block(nn.Module):
         if any(p is None for p in projections):
             return None
         return (self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *projections)
+
+    def _mamba_step(self) -> tuple[object, ...] | None:
+        """What ``kernels.mamba_mixer_decode`` takes besides h, the states and A (computed at
+        each call: ``MambaMixer._A`` follows A_log), or None for another mixer. Cached as in
+        :meth:`_decode_step`."""
+        mixer = self._modules["mixer"]
+        if not isinstance(mixer, MambaMixer):
+            return None
+        mm = mixer._modules
+        parts = [mixer, mm["in_proj"], mm["x_proj"], mm["dt_proj"], mm["out_proj"],
+                 mm["dt_layernorm"], mm["b_layernorm"], mm["c_layernorm"], self._modules["mixer_norm"]]
+        return cached_by_identity(self, "_mamba_step_args", parts, self._build_mamba_step)
+
+    def _build_mamba_step(self) -> tuple[object, ...] | None:
+        mixer = self.mixer
+        assert isinstance(mixer, MambaMixer)
+        in_proj, out_proj = projection_tensors(mixer.in_proj), projection_tensors(mixer.out_proj)
+        if in_proj is None or out_proj is None or self.mixer_norm.eps != mixer.eps:
+            return None
+        if any(p.requires_grad for p in mixer.parameters()):
+            return None
+        return (
+            self.mixer_norm.weight, mixer.eps, in_proj, mixer, mixer.conv_weight, mixer.conv_bias,
+            mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.D,
+            mixer.dt_layernorm.weight, mixer.b_layernorm.weight, mixer.c_layernorm.weight,
+            out_proj,
+        )
+
+    def _moe_step(self) -> tuple[object, ...] | None:
+        """What ``kernels.moe_decode`` takes besides h (norm, eps, router, k and the three expert
+        stacks as flat projection lists), or None for a dense MLP. Cached as in
+        :meth:`_decode_step`; quantised stacks add their experts to the identity checked."""
+        ffn = self._modules["ffn"]
+        if not isinstance(ffn, MoE):
+            return None
+        parts = [ffn, ffn._modules["router"], self._modules["ffn_norm"]]
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            stack = ffn._modules.get(name)
+            if stack is not None:
+                parts += stack.experts  # model.quant.QuantExperts
+        return cached_by_identity(self, "_moe_step_args", parts, self._build_moe_step)
+
+    def _build_moe_step(self) -> tuple[object, ...] | None:
+        ffn = self.ffn
+        assert isinstance(ffn, MoE)
+        router = ffn.router
+        if not isinstance(router, nn.Linear) or router.bias is not None or router.weight.requires_grad:
+            return None
+        stacks = [expert_projections(getattr(ffn, name), ffn.num_experts)
+                  for name in ("gate_proj", "up_proj", "down_proj")]
+        if any(s is None for s in stacks):
+            return None
+        return (self.ffn_norm.weight, self.ffn_norm.eps, router.weight, ffn.top_k, *stacks)
 
 
 class Embedding(nn.Module):

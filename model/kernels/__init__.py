@@ -6,7 +6,8 @@ out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantise
 by :mod:`model.quant`), ``rms_norm``, ``rope``, ``linear`` (a multi-threaded matvec for decode), ``silu_mul`` (SwiGLU's
 activation on a fused gate|up projection), ``attention_decode`` (one attention decode step over
 the KV cache, RoPE and cache write included), ``decoder_layer_decode`` (a whole Llama-family
-layer for one decode step).
+layer for one decode step), ``mamba_mixer_decode`` and ``moe_decode`` (Jamba's Mamba mixer and
+MoE sublayers for one decode step, norm and residual included).
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -30,6 +31,12 @@ from model.kernels.dispatch import (
     op_backends,
     register_backend,
     use,
+)
+from model.kernels.hybrid_decode import (
+    mamba_mixer_decode,
+    mamba_mixer_decode_ref,
+    moe_decode,
+    moe_decode_ref,
 )
 from model.kernels.linear import linear, linear_ref
 from model.kernels.mamba_decode import mamba_decode_step, mamba_decode_step_ref
@@ -72,6 +79,10 @@ __all__ = [
     "linear_ref",
     "mamba_decode_step",
     "mamba_decode_step_ref",
+    "mamba_mixer_decode",
+    "mamba_mixer_decode_ref",
+    "moe_decode",
+    "moe_decode_ref",
     "op_backends",
     "pack_int4",
     "register_backend",

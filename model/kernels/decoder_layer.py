@@ -33,7 +33,8 @@ from model.kernels.silu_mul import silu_mul_ref
 Projection = Sequence[torch.Tensor | None]  # [weight, scale, minimum, bias]
 
 
-def _project(x: torch.Tensor, parts: Projection) -> torch.Tensor:
+def projection_ref(x: torch.Tensor, parts: Projection) -> torch.Tensor:
+    """x @ W^T + bias for a projection in any of the formats above, by the linear references."""
     weight, scale, minimum, bias = parts
     assert weight is not None
     if weight.dtype == torch.int8:
@@ -62,10 +63,10 @@ def decoder_layer_decode_ref(
 ) -> torch.Tensor:
     """Reference: the layer from the other ops' references."""
     kv = k_cache.shape[1] * k_cache.shape[3]
-    proj = _project(rms_norm_ref(h, attn_norm, eps), qkv)
+    proj = projection_ref(rms_norm_ref(h, attn_norm, eps), qkv)
     q, k, v = proj.split([proj.shape[-1] - 2 * kv, kv, kv], dim=-1)
-    h = h + _project(attention_decode_ref(q, k, v, k_cache, v_cache, start, cos, sin), o)
-    return h + _project(silu_mul_ref(_project(rms_norm_ref(h, ffn_norm, eps), gate_up)), down)
+    h = h + projection_ref(attention_decode_ref(q, k, v, k_cache, v_cache, start, cos, sin), o)
+    return h + projection_ref(silu_mul_ref(projection_ref(rms_norm_ref(h, ffn_norm, eps), gate_up)), down)
 
 
 register_reference("decoder_layer_decode", decoder_layer_decode_ref)

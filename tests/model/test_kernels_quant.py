@@ -196,6 +196,52 @@ def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factor
             torch.testing.assert_close(one_op, model(ids), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["none", "int8", "int4"])
+def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
+    """On the hybrid, a decode step runs each Mamba mixer as one ``mamba_mixer_decode`` op and
+    each MoE as one ``moe_decode`` op (the tiny Jamba has both, plus attention layers). It must
+    give what the modules give one by one, batch rows routed to different experts included,
+    and in fp32 continue the cache exactly as the full forward."""
+    from model.transformer import Block
+
+    model = quantize_(_perturbed_tiny_jamba(seed=6).requires_grad_(False), mode)
+    ids = torch.randint(3, 256, (3, 9), generator=torch.Generator().manual_seed(7))
+    mamba_layers = sum(b.spec.mixer == "mamba" for b in model.layers)
+    moe_layers = sum(b.spec.ffn == "moe" for b in model.layers)
+    assert mamba_layers and moe_layers
+
+    def decode() -> torch.Tensor:
+        with torch.inference_mode():
+            cache = model.new_cache(3, 16)
+            steps = [model(ids[:, :4], cache=cache)]
+            steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 9)]
+        return torch.cat(steps, 1)
+
+    calls = {"mamba_mixer_decode": 0, "moe_decode": 0}
+    for name in calls:
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _n=name, _f=real: calls.update(
+            {_n: calls[_n] + 1}) or _f(*a))
+    fused_ops = decode()
+    assert calls == {"mamba_mixer_decode": 5 * mamba_layers, "moe_decode": 5 * moe_layers}
+    monkeypatch.setattr(Block, "_mamba_step", lambda self: None)
+    monkeypatch.setattr(Block, "_moe_step", lambda self: None)
+    modules = decode()
+    torch.testing.assert_close(fused_ops, modules, rtol=1e-4, atol=1e-4)
+    if mode == "none":
+        with torch.inference_mode():
+            torch.testing.assert_close(fused_ops, model(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_jamba_sublayer_ops_are_not_used_for_weights_that_need_gradients():
+    """Parameters that require gradients keep the module path (the C++ ops have no backward)."""
+    model = _perturbed_tiny_jamba(seed=8)
+    block = next(b for b in model.layers if b.spec.mixer == "mamba" and b.spec.ffn == "moe")
+    assert block._mamba_step() is None and block._moe_step() is None
+    model.requires_grad_(False)
+    assert block._mamba_step() is not None and block._moe_step() is not None
+
+
 def test_fused_projections_share_memory_and_follow_quantisation(checkpoint_factory):
     """q|k|v and gate|up are fused on first use without doubling memory (the projections' weights
     become views of the fused tensor), and quantising afterwards rebuilds the fused modules:

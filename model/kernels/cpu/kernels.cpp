@@ -822,11 +822,8 @@ void matvec_f32(const float* xp, int64_t rows, const float* wp, const float* bp,
           for (auto& v : a) v = _mm256_setzero_ps();
           for (; k0 + 8 <= k_in; k0 += 8) {
             const __m256 xv = _mm256_loadu_ps(xm + k0);
-            for (int r = 0; r < RB; ++r) {
-              if (m == 0 && (k0 & 15) == 0)
-                _mm_prefetch(reinterpret_cast<const char*>(w0 + (r + RB) * k_in + k0), _MM_HINT_T0);
+            for (int r = 0; r < RB; ++r)
               a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + r * k_in + k0), xv, a[r]);
-            }
           }
           for (int r = 0; r < RB; ++r) acc[r] = hsum256(a[r]);
         }
@@ -1407,38 +1404,39 @@ struct Proj {
   }
 };
 
-Proj make_proj(const c10::List<std::optional<Tensor>>& parts, const char* name, int64_t k_in) {
-  TORCH_CHECK(parts.size() == 4 && parts.get(0).has_value(), "decoder_layer_decode: ", name,
+Proj make_proj(const c10::List<std::optional<Tensor>>& parts, const char* op, const char* name,
+               int64_t k_in) {
+  TORCH_CHECK(parts.size() == 4 && parts.get(0).has_value(), op, ": ", name,
               " must be [weight, scale, minimum, bias]");
   Proj p;
   p.weight = *parts.get(0);
   const Tensor& w = p.weight;
-  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous(), "decoder_layer_decode: ",
-              name, " weight must be a contiguous 2-D CPU tensor");
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous(), op, ": ", name,
+              " weight must be a contiguous 2-D CPU tensor");
   p.n_out = w.size(0);
   p.k_in = w.scalar_type() == at::kByte ? w.size(1) * 2 : w.size(1);
-  TORCH_CHECK(p.k_in == k_in, "decoder_layer_decode: ", name, " takes ", p.k_in,
+  TORCH_CHECK(p.k_in == k_in, op, ": ", name, " takes ", p.k_in,
               " inputs, the layer gives it ", k_in);
   if (parts.get(1).has_value()) p.scale = f32(*parts.get(1));
   if (parts.get(2).has_value()) p.minimum = f32(*parts.get(2));
   if (parts.get(3).has_value()) {
     p.bias = f32(*parts.get(3));
-    TORCH_CHECK(p.bias.numel() == p.n_out, "decoder_layer_decode: ", name, " bias size");
+    TORCH_CHECK(p.bias.numel() == p.n_out, op, ": ", name, " bias size");
   }
   if (w.scalar_type() == at::kFloat) {
     p.kind = Proj::kF32;
   } else if (w.scalar_type() == at::kChar) {
     p.kind = Proj::kInt8;
-    TORCH_CHECK(p.scale.defined() && p.scale.numel() == p.n_out, "decoder_layer_decode: ", name,
+    TORCH_CHECK(p.scale.defined() && p.scale.numel() == p.n_out, op, ": ", name,
                 " int8 weight needs one scale per row");
   } else if (w.scalar_type() == at::kByte) {
     p.kind = Proj::kInt4;
     const int64_t groups = p.k_in / Q4_GROUP;
     TORCH_CHECK(p.k_in % Q4_GROUP == 0 && p.scale.defined() && p.minimum.defined() &&
                     p.scale.numel() == p.n_out * groups && p.minimum.numel() == p.n_out * groups,
-                "decoder_layer_decode: ", name, " 4-bit weight needs (N, K/32) scale and minimum");
+                op, ": ", name, " 4-bit weight needs (N, K/32) scale and minimum");
   } else {
-    TORCH_CHECK(false, "decoder_layer_decode: ", name, " weight must be fp32, int8 or uint8");
+    TORCH_CHECK(false, op, ": ", name, " weight must be fp32, int8 or uint8");
   }
   return p;
 }
@@ -1461,16 +1459,16 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
   TORCH_CHECK(k_cache.size(0) == batch, "decoder_layer_decode: the caches hold ",
               k_cache.size(0), " rows, h ", batch);
   const int64_t kv_heads = k_cache.size(1), slots = k_cache.size(2), hd = k_cache.size(3);
-  const Proj p_qkv = make_proj(qkv, "qkv", dim);
+  const Proj p_qkv = make_proj(qkv, "decoder_layer_decode", "qkv", dim);
   const int64_t heads = (p_qkv.n_out - 2 * kv_heads * hd) / hd;
   TORCH_CHECK(heads > 0 && heads % kv_heads == 0 && p_qkv.n_out == (heads + 2 * kv_heads) * hd,
               "decoder_layer_decode: qkv must have (H + 2 Hkv) * hd outputs");
-  const Proj p_o = make_proj(o, "o", heads * hd);
+  const Proj p_o = make_proj(o, "decoder_layer_decode", "o", heads * hd);
   TORCH_CHECK(p_o.n_out == dim, "decoder_layer_decode: o must have D outputs");
-  const Proj p_gu = make_proj(gate_up, "gate_up", dim);
+  const Proj p_gu = make_proj(gate_up, "decoder_layer_decode", "gate_up", dim);
   TORCH_CHECK(p_gu.n_out % 2 == 0, "decoder_layer_decode: gate_up must have 2I outputs");
   const int64_t inter = p_gu.n_out / 2;
-  const Proj p_down = make_proj(down, "down", inter);
+  const Proj p_down = make_proj(down, "decoder_layer_decode", "down", inter);
   TORCH_CHECK(p_down.n_out == dim, "decoder_layer_decode: down must have D outputs");
   const auto [cc, sc] = rope_tables(cos, sin, batch, hd, "decoder_layer_decode");
   const bool rotary = cc.defined();
@@ -1507,6 +1505,127 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
   return out;
 }
 
+// ---------------------------------------------------------------------------------------
+// Jamba's other decode sublayers, one op each (why: as for decoder_layer_decode):
+//   mamba_mixer_decode: h + out_proj(mamba_decode_step(in_proj(rms_norm(h)))), both states
+//                       updated in place;
+//   moe_decode:         h + sum over the top-k experts e of p_e * down_e(silu(gate_e(x)) * up_e(x)),
+//                       x = rms_norm(h), p = softmax(router @ x) over ALL experts, not renormalised.
+// An expert stack is a list of 4 * E tensors: [weight, scale, minimum, bias] of each expert.
+// ---------------------------------------------------------------------------------------
+Tensor decode_output(const Tensor& h, const Tensor& norm, const char* op) {
+  TORCH_CHECK(h.device().is_cpu() && h.scalar_type() == at::kFloat && h.dim() == 3 &&
+                  h.size(1) == 1,
+              op, ": h must be a CPU fp32 (B, 1, D) tensor");
+  TORCH_CHECK(norm.scalar_type() == at::kFloat && norm.numel() == h.size(2), op,
+              ": the norm weight must be fp32 (D,)");
+  return h.contiguous().clone();  // h, to which the sublayer's output is added
+}
+
+Tensor mamba_mixer_decode(const Tensor& h, const Tensor& norm, double eps,
+                          const c10::List<std::optional<Tensor>>& in_proj, Tensor& conv_state,
+                          Tensor& ssm_state, const Tensor& conv_weight,
+                          const std::optional<Tensor>& conv_bias, const Tensor& x_proj_weight,
+                          const Tensor& dt_proj_weight, const std::optional<Tensor>& dt_proj_bias,
+                          const Tensor& A, const std::optional<Tensor>& D,
+                          const std::optional<Tensor>& dt_norm_weight,
+                          const std::optional<Tensor>& b_norm_weight,
+                          const std::optional<Tensor>& c_norm_weight,
+                          const c10::List<std::optional<Tensor>>& out_proj) {
+  constexpr const char* op = "mamba_mixer_decode";
+  Tensor out = decode_output(h, norm, op);
+  const int64_t batch = h.size(0), dim = h.size(2);
+  const Proj p_in = make_proj(in_proj, op, "in_proj", dim);
+  TORCH_CHECK(p_in.n_out % 2 == 0, op, ": in_proj must have 2 ED outputs (x and z)");
+  const int64_t channels = p_in.n_out / 2;
+  const Proj p_out = make_proj(out_proj, op, "out_proj", channels);
+  TORCH_CHECK(p_out.n_out == dim, op, ": out_proj must have D outputs");
+  TORCH_CHECK(conv_state.scalar_type() == at::kFloat, op, ": the conv state must be fp32");
+  const Tensor nw = norm.contiguous();
+  float* hp = out.data_ptr<float>();
+  std::vector<float> x(batch * dim), back(batch * dim);
+  Tensor xz = at::empty({batch, 2 * channels}, h.options());
+  rms_norm_rows(hp, nw.data_ptr<float>(), x.data(), batch, dim, static_cast<float>(eps));
+  p_in.apply(x.data(), batch, xz.data_ptr<float>());
+  const Tensor y = mamba_decode_step(
+      xz.narrow(1, 0, channels), xz.narrow(1, channels, channels), conv_state, ssm_state,
+      conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight,
+      b_norm_weight, c_norm_weight, eps);
+  p_out.apply(y.data_ptr<float>(), batch, back.data());
+  for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
+  return out;
+}
+
+std::vector<Proj> expert_projs(const c10::List<std::optional<Tensor>>& parts, int64_t experts,
+                               const char* name, int64_t k_in) {
+  TORCH_CHECK(static_cast<int64_t>(parts.size()) == 4 * experts, "moe_decode: ", name,
+              " must hold [weight, scale, minimum, bias] for each of the ", experts, " experts");
+  std::vector<Proj> projs;
+  for (int64_t e = 0; e < experts; ++e) {
+    c10::List<std::optional<Tensor>> one;
+    for (int64_t j = 0; j < 4; ++j) one.push_back(parts.get(4 * e + j));
+    projs.push_back(make_proj(one, "moe_decode", name, k_in));
+  }
+  return projs;
+}
+
+Tensor moe_decode(const Tensor& h, const Tensor& norm, double eps, const Tensor& router,
+                  int64_t top_k, const c10::List<std::optional<Tensor>>& gate,
+                  const c10::List<std::optional<Tensor>>& up,
+                  const c10::List<std::optional<Tensor>>& down) {
+  constexpr const char* op = "moe_decode";
+  Tensor out = decode_output(h, norm, op);
+  const int64_t batch = h.size(0), dim = h.size(2);
+  TORCH_CHECK(router.device().is_cpu() && router.scalar_type() == at::kFloat &&
+                  router.dim() == 2 && router.is_contiguous() && router.size(1) == dim,
+              op, ": router must be a contiguous fp32 (E, D) tensor");
+  const int64_t experts = router.size(0);
+  TORCH_CHECK(top_k >= 1 && top_k <= experts, op, ": top_k must be in [1, E]");
+  const std::vector<Proj> g = expert_projs(gate, experts, "gate", dim);
+  const std::vector<Proj> u = expert_projs(up, experts, "up", dim);
+  const int64_t inter = g[0].n_out;
+  for (int64_t e = 0; e < experts; ++e)
+    TORCH_CHECK(g[e].n_out == inter && u[e].n_out == inter, op,
+                ": every expert's gate and up must have the same I outputs");
+  const std::vector<Proj> d = expert_projs(down, experts, "down", inter);
+  for (const Proj& p : d) TORCH_CHECK(p.n_out == dim, op, ": every down must have D outputs");
+  const Tensor nw = norm.contiguous();
+  float* hp = out.data_ptr<float>();
+  std::vector<float> x(batch * dim), probs(experts), gv(inter), uv(inter), y(dim), acc(dim);
+  std::vector<int64_t> order(experts);
+  rms_norm_rows(hp, nw.data_ptr<float>(), x.data(), batch, dim, static_cast<float>(eps));
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* xb = x.data() + b * dim;
+    matvec_f32(xb, 1, router.data_ptr<float>(), nullptr, experts, dim, probs.data());
+    // Softmax over all experts (libm's exp: E values), then the top k in descending order,
+    // ties to the lower index.
+    const float top = *std::max_element(probs.begin(), probs.end());
+    float total = 0.0f;
+    for (float& p : probs) total += (p = std::exp(p - top));
+    for (float& p : probs) p /= total;
+    for (int64_t e = 0; e < experts; ++e) order[e] = e;
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int64_t i, int64_t j) {
+      return probs[i] > probs[j] || (probs[i] == probs[j] && i < j);
+    });
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int64_t slot = 0; slot < top_k; ++slot) {
+      const int64_t e = order[slot];
+      g[e].apply(xb, 1, gv.data());
+      u[e].apply(xb, 1, uv.data());
+      {
+        FlushDenormals ftz;
+#pragma omp simd
+        for (int64_t i = 0; i < inter; ++i) gv[i] = silu(gv[i]) * uv[i];
+      }
+      d[e].apply(gv.data(), 1, y.data());
+      const float weight = probs[e];
+      for (int64_t i = 0; i < dim; ++i) acc[i] += y[i] * weight;
+    }
+    for (int64_t i = 0; i < dim; ++i) hp[b * dim + i] += acc[i];
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(model_kernels, m) {
@@ -1539,6 +1658,15 @@ TORCH_LIBRARY(model_kernels, m) {
       "Tensor?[] qkv, Tensor?[] o, Tensor?[] gate_up, Tensor?[] down, Tensor(a!) k_cache, "
       "Tensor(b!) v_cache, int start, Tensor? cos, Tensor? sin) -> Tensor");
   m.def(
+      "mamba_mixer_decode(Tensor h, Tensor norm, float eps, Tensor?[] in_proj, "
+      "Tensor(a!) conv_state, Tensor(b!) ssm_state, Tensor conv_weight, Tensor? conv_bias, "
+      "Tensor x_proj_weight, Tensor dt_proj_weight, Tensor? dt_proj_bias, Tensor A, Tensor? D, "
+      "Tensor? dt_norm_weight, Tensor? b_norm_weight, Tensor? c_norm_weight, "
+      "Tensor?[] out_proj) -> Tensor");
+  m.def(
+      "moe_decode(Tensor h, Tensor norm, float eps, Tensor router, int top_k, Tensor?[] gate, "
+      "Tensor?[] up, Tensor?[] down) -> Tensor");
+  m.def(
       "attention_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
       "int start, Tensor? cos, Tensor? sin) -> Tensor");
 }
@@ -1557,4 +1685,6 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("silu_mul", &silu_mul);
   m.impl("decoder_layer_decode", &decoder_layer_decode);
   m.impl("attention_decode", &attention_decode);
+  m.impl("mamba_mixer_decode", &mamba_mixer_decode);
+  m.impl("moe_decode", &moe_decode);
 }

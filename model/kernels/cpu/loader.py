@@ -153,6 +153,16 @@ def _register_fakes() -> None:
                sin):
         return torch.empty_like(h, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake(lib + "mamba_mixer_decode")
+    def _mamba_mixer(h, norm, eps, in_proj, conv_state, ssm_state, conv_weight, conv_bias,
+                     x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight,
+                     b_norm_weight, c_norm_weight, out_proj):
+        return torch.empty_like(h, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "moe_decode")
+    def _moe(h, norm, eps, router, top_k, gate, up, down):
+        return torch.empty_like(h, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake(lib + "linear_matvec")
     def _matvec(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
@@ -272,7 +282,34 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
         return ops.decoder_layer_decode(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down,
                                         k_cache, v_cache, start, cos, sin)
 
+    def mamba_mixer_decode(h, norm, eps, in_proj, conv_state, ssm_state, conv_weight, conv_bias,
+                           x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight,
+                           b_norm_weight, c_norm_weight, out_proj):
+        args = (h, norm, eps, in_proj, conv_state, ssm_state, conv_weight, conv_bias,
+                x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight, b_norm_weight,
+                c_norm_weight, out_proj)
+        if not (
+            h.dtype == norm.dtype == conv_state.dtype == torch.float32
+            and in_proj[0].dtype in _LAYER_WEIGHT_DTYPES and out_proj[0].dtype in _LAYER_WEIGHT_DTYPES
+        ):
+            from model.kernels.hybrid_decode import mamba_mixer_decode_ref
+
+            return mamba_mixer_decode_ref(*args)
+        return ops.mamba_mixer_decode(*args[:2], float(eps), *args[3:])
+
+    def moe_decode(h, norm, eps, router, top_k, gate, up, down):
+        if not (
+            h.dtype == norm.dtype == router.dtype == torch.float32
+            and all(w.dtype in _LAYER_WEIGHT_DTYPES for w in (*gate[::4], *up[::4], *down[::4]))
+        ):
+            from model.kernels.hybrid_decode import moe_decode_ref
+
+            return moe_decode_ref(h, norm, eps, router, top_k, gate, up, down)
+        return ops.moe_decode(h, norm, float(eps), router, int(top_k), gate, up, down)
+
     return {
+        "mamba_mixer_decode": mamba_mixer_decode,
+        "moe_decode": moe_decode,
         "decoder_layer_decode": decoder_layer_decode,
         "attention_decode": attention_decode,
         "silu_mul": silu_mul,
