@@ -131,6 +131,40 @@ struct Seq3 {
   const T* at(int64_t b, int64_t d, int64_t t) const { return data + b * sb + d * sd + t * st; }
 };
 
+// A chunk of CB channels x tc steps between a (Bt, ED, L) sequence and a [t][c] buffer; the
+// lanes of channels past nc read as 0. The loops follow the sequence's memory: along t when
+// its steps are contiguous (one stream per channel, not CB interleaved ones: as strided scalar
+// stores into a fresh output those cost a quarter of the scan's time), else along c.
+template <typename T>
+void gather_chunk(const Seq3<T>& src, int64_t b, int64_t d0, int64_t nc, int64_t t0, int64_t tc,
+                  float* buf) {
+  if (nc < CB) std::fill(buf, buf + tc * CB, 0.0f);
+  if (src.st == 1) {
+    for (int64_t c = 0; c < nc; ++c) {
+      const T* row = src.at(b, d0 + c, t0);
+      for (int64_t t = 0; t < tc; ++t) buf[t * CB + c] = ld(row + t);
+    }
+  } else {
+    for (int64_t t = 0; t < tc; ++t)
+      for (int64_t c = 0; c < nc; ++c) buf[t * CB + c] = ld(src.at(b, d0 + c, t0 + t));
+  }
+}
+
+template <typename T>
+void scatter_chunk(const float* buf, int64_t b, int64_t d0, int64_t nc, int64_t t0, int64_t tc,
+                   Seq3<T>& dst) {
+  if (dst.st == 1) {
+    for (int64_t c = 0; c < nc; ++c) {
+      T* row = const_cast<T*>(dst.at(b, d0 + c, t0));
+      for (int64_t t = 0; t < tc; ++t) row[t] = static_cast<T>(buf[t * CB + c]);
+    }
+  } else {
+    for (int64_t t = 0; t < tc; ++t)
+      for (int64_t c = 0; c < nc; ++c)
+        *const_cast<T*>(dst.at(b, d0 + c, t0 + t)) = static_cast<T>(buf[t * CB + c]);
+  }
+}
+
 // An output of shape (Bt, ED, L) in the same layout family as `like`: channel-last memory when
 // `like` is channel-contiguous (the in_proj output seen transposed), else standard contiguous.
 Tensor empty_seq_like(const Tensor& like, at::ScalarType dtype) {
@@ -164,6 +198,27 @@ inline __attribute__((always_inline)) __m512 exp512(__m512 x) {
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__)
+// fast_exp on 8 lanes, the same operations in the same order.
+inline __attribute__((always_inline)) __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_floor_ps(
+      _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#endif
+
 template <int NS>
 void scan_chunk(const float* dt, const float* du, const float* Brows, const float* Crows,
                 int64_t tc, int64_t n_state, const float* a, float* h, float* y) {
@@ -192,6 +247,33 @@ void scan_chunk(const float* dt, const float* du, const float* Brows, const floa
     for (int n = 0; n < NS; ++n) _mm512_storeu_ps(h + n * CB, hv[n]);
     return;
   }
+#elif defined(__AVX2__) && defined(__FMA__)
+  // AVX2: the CB = 16 channels are two 8-lane halves; the state block stays in L1 (16 x 2
+  // registers would not fit in AVX2's 16), the output sums stay in registers.
+  static_assert(CB == 16, "the AVX2 path holds 16 fp32 channels in two registers");
+  for (int64_t t = 0; t < tc; ++t) {
+    const __m256 d0 = _mm256_loadu_ps(dt + t * CB), d1 = _mm256_loadu_ps(dt + t * CB + 8);
+    const __m256 w0 = _mm256_loadu_ps(du + t * CB), w1 = _mm256_loadu_ps(du + t * CB + 8);
+    const float* Bn = Brows + t * n_state;
+    const float* Cn = Crows + t * n_state;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t n = 0; n < n_state; ++n) {
+      float* hn = h + n * CB;
+      const float* an = a + n * CB;
+      const __m256 bn = _mm256_set1_ps(Bn[n]), cn = _mm256_set1_ps(Cn[n]);
+      const __m256 e0 = exp256(_mm256_mul_ps(d0, _mm256_loadu_ps(an)));
+      const __m256 e1 = exp256(_mm256_mul_ps(d1, _mm256_loadu_ps(an + 8)));
+      const __m256 h0 = _mm256_fmadd_ps(e0, _mm256_loadu_ps(hn), _mm256_mul_ps(w0, bn));
+      const __m256 h1 = _mm256_fmadd_ps(e1, _mm256_loadu_ps(hn + 8), _mm256_mul_ps(w1, bn));
+      _mm256_storeu_ps(hn, h0);
+      _mm256_storeu_ps(hn + 8, h1);
+      acc0 = _mm256_fmadd_ps(h0, cn, acc0);
+      acc1 = _mm256_fmadd_ps(h1, cn, acc1);
+    }
+    _mm256_storeu_ps(y + t * CB, acc0);
+    _mm256_storeu_ps(y + t * CB + 8, acc1);
+  }
+  return;
 #endif
   for (int64_t t = 0; t < tc; ++t) {
     const float* dtr = dt + t * CB;
@@ -259,12 +341,8 @@ void selective_scan_kernel(const Tensor& u, const Tensor& delta, const Tensor& A
       for (int64_t t0 = 0; t0 < length; t0 += TCHUNK) {
         const int64_t tc = std::min(TCHUNK, length - t0);
         // Gather u, delta (and z) for the chunk into [t][c] buffers.
-        for (int64_t t = 0; t < tc; ++t)
-          for (int64_t c = 0; c < CB; ++c) {
-            const bool live = c < nc;
-            dt[t * CB + c] = live ? ld(DL.at(b, d0 + c, t0 + t)) : 0.0f;
-            uu[t * CB + c] = live ? ld(U.at(b, d0 + c, t0 + t)) : 0.0f;
-          }
+        gather_chunk(DL, b, d0, nc, t0, tc, dt.data());
+        gather_chunk(U, b, d0, nc, t0, tc, uu.data());
         const int64_t total = tc * CB;
         for (int64_t t = 0; t < tc; ++t) {
 #pragma omp simd
@@ -289,15 +367,11 @@ void selective_scan_kernel(const Tensor& u, const Tensor& delta, const Tensor& A
           for (int64_t c = 0; c < CB; ++c) yy[t * CB + c] += blk_D[c] * uu[t * CB + c];
         }
         if (has_z) {
-          for (int64_t t = 0; t < tc; ++t)
-            for (int64_t c = 0; c < CB; ++c)
-              zz[t * CB + c] = c < nc ? ld(Z.at(b, d0 + c, t0 + t)) : 0.0f;
+          gather_chunk(Z, b, d0, nc, t0, tc, zz.data());
 #pragma omp simd
           for (int64_t i = 0; i < total; ++i) yy[i] *= silu(zz[i]);
         }
-        for (int64_t t = 0; t < tc; ++t)
-          for (int64_t c = 0; c < nc; ++c)
-            *const_cast<T*>(O.at(b, d0 + c, t0 + t)) = static_cast<T>(yy[t * CB + c]);
+        scatter_chunk(yy.data(), b, d0, nc, t0, tc, O);
       }
       for (int64_t c = 0; c < nc; ++c)
         for (int64_t n = 0; n < n_state; ++n)
