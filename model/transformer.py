@@ -26,8 +26,10 @@ matters.
 A plain decode step (one token per row, at most 8 rows, fp32 on the CPU, no padding or sliding
 window in the way) runs each attention + MLP layer (every Llama-family layer, and Jamba's
 attention layers that have a dense MLP) as ONE ``kernels.decoder_layer_decode`` op over the
-fused q|k|v and gate|up projections (``model.layers.fused``): per-op Python dispatch, not
-arithmetic, was most of a small model's decode time.
+fused q|k|v and gate|up projections (``model.layers.fused``), and Jamba's Mamba mixers and MoE
+blocks as one ``kernels.mamba_mixer_decode`` / ``kernels.moe_decode`` op each (norm and
+residual included): per-op Python dispatch, not arithmetic, was most of a small model's decode
+time, and half of the hybrid's with quantised weights.
 
 ``CausalLM(config)`` leaves the weights uninitialised: build models with ``model.hf.build_model``
 or ``model.hf.load_hf_dir`` (or the GGUF loader, which goes through ``build_model``).

@@ -1,6 +1,7 @@
 // CPU kernels of the engine, registered as torch custom ops (namespace model_kernels): the
 // Mamba mixer (scan, conv, fused decode step), quantised and fp32 matvecs, RMSNorm, RoPE, and
-// for decode a one-token attention and a whole Llama-family layer. The PyTorch references in
+// for decode a one-token attention, a whole Llama-family layer and Jamba's Mamba and MoE
+// sublayers. The PyTorch references in
 // model/kernels/*.py are the specification; tests compare every op here against them.
 //
 // Glossary: Bt batch, ED channels (d_inner), N state size, L length, K conv width, R dt_rank.
