@@ -13,7 +13,7 @@ The attention mixer lives in ``model/attention.py`` and the Mamba mixer in ``mod
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -56,10 +56,10 @@ def fused(owner: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     return cached_by_identity(owner, "_fused_" + names[0], parts, lambda: _concat_rows(parts))
 
 
-def cached_by_identity(owner: nn.Module, slot: str, parts: list[nn.Module],
+def cached_by_identity(owner: nn.Module, slot: str, parts: Sequence[nn.Module | torch.Tensor],
                        build: Callable[[], T | None]) -> T | None:
     """``build()``, kept in ``owner.__dict__[slot]`` and returned again while ``parts`` are the
-    same modules with the same weights (:func:`identity_key`). The key is taken after
+    same modules (or tensors) with the same weights (:func:`identity_key`). The key is taken after
     ``build`` ran, since building may rebind the parts' weights (fusing does); a None result
     is not kept (a refusal may not hold later, e.g. once gradients are switched off)."""
     cached = owner.__dict__.get(slot)
@@ -87,9 +87,9 @@ def projection_tensors(module: nn.Module) -> list[torch.Tensor | None] | None:
 def expert_projections(stack: torch.Tensor | nn.Module, experts: int) -> list[torch.Tensor | None] | None:
     """An MoE expert stack as one flat list of ``[weight, scale, minimum, bias]`` per expert (the
     layout of ``kernels.moe_decode``): a 3-D (E, out, in) parameter, or a
-    ``model.quant.QuantExperts``; None for anything else, or for weights that need gradients."""
+    ``model.quant.QuantExperts``; None for anything else."""
     if isinstance(stack, torch.Tensor):
-        if stack.dim() != 3 or stack.shape[0] != experts or stack.requires_grad:
+        if stack.dim() != 3 or stack.shape[0] != experts:
             return None
         return [t for e in range(experts) for t in (stack[e], None, None, None)]
     modules = getattr(stack, "experts", None)
@@ -104,9 +104,9 @@ def expert_projections(stack: torch.Tensor | nn.Module, experts: int) -> list[to
     return flat
 
 
-def identity_key(parts: list[nn.Module]) -> tuple[object, ...]:
-    """What a fused module depends on: each part, its first tensor (its weight) and that
-    tensor's memory. Replacing a module (quantize_), its weight (a loader) or the weight's data
+def identity_key(parts: Sequence[nn.Module | torch.Tensor]) -> tuple[object, ...]:
+    """What a fused module depends on: each part, its first tensor (its weight; a tensor part is
+    its own) and that tensor's memory. Replacing a module (quantize_), its weight (a loader) or the weight's data
     (``model.to(dtype or device)`` swaps ``param.data``) changes this; in-place writes
     (``load_state_dict``) go into the fused tensors and need not."""
     key: list[object] = []
@@ -115,13 +115,16 @@ def identity_key(parts: list[nn.Module]) -> tuple[object, ...]:
     return tuple(key)
 
 
-def _first_tensor(module: nn.Module) -> tuple[torch.Tensor | None, int]:
-    """A module's first parameter (else buffer) and the address of its data (0 for none)."""
+def _first_tensor(module: nn.Module | torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """A module's first parameter (else buffer), or a tensor itself, and the address of its
+    data (0 for none)."""
+    if isinstance(module, torch.Tensor):
+        return module, module.data_ptr()
     first = next(iter((module._parameters or module._buffers).values()), None)
     return first, 0 if first is None else first.data_ptr()
 
 
-def same_identity(key: tuple[object, ...], parts: list[nn.Module]) -> bool:
+def same_identity(key: tuple[object, ...], parts: Sequence[nn.Module | torch.Tensor]) -> bool:
     """``identity_key(parts) == key`` (on every decode step: kept to a plain loop)."""
     if len(key) != 3 * len(parts):
         return False

@@ -108,7 +108,8 @@ class Block(nn.Module):
         state: MambaState | KVState,
     ) -> torch.Tensor:
         """A decode step (one fp32 CPU token per row) through the fused sublayer ops where the
-        layer allows them, the modules elsewhere."""
+        layer allows them, the modules elsewhere. (Like the other C++ kernels these ops have
+        no backward; their references, ``kernels.use("ref")``, are differentiable.)"""
         if isinstance(state, KVState):
             if attn.mask is None and not attn.is_causal:
                 step = self._decode_step()
@@ -129,7 +130,10 @@ class Block(nn.Module):
                     *weights[5:],
                 )
         moe = self._moe_step()
-        return self._ffn(h) if moe is None else kernels.moe_decode(h, *moe)
+        if moe is None:
+            return self._ffn(h)
+        ffn, norm, router, *stacks = moe
+        return kernels.moe_decode(h, norm, self.ffn_norm.eps, router, ffn.top_k, *stacks)
 
     def _decode_step(self) -> tuple[object, ...] | None:
         """The weights ``kernels.decoder_layer_decode`` takes (norms, eps, then qkv, o, gate_up
@@ -162,15 +166,19 @@ class Block(nn.Module):
         return (self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *projections)
 
     def _mamba_step(self) -> tuple[object, ...] | None:
-        """What ``kernels.mamba_mixer_decode`` takes besides h, the states and A (computed at
-        each call: ``MambaMixer._A`` follows A_log), or None for another mixer. Cached as in
-        :meth:`_decode_step`."""
+        """What ``kernels.mamba_mixer_decode`` takes besides h and the states, with the mixer
+        itself in A's place (``MambaMixer._A()`` is read at each call: it follows A_log), or
+        None for another mixer. Cached as in :meth:`_decode_step`, with the mixer's own
+        parameters (conv, A_log, D) added to the identity checked."""
         mixer = self._modules["mixer"]
         if not isinstance(mixer, MambaMixer):
             return None
         mm = mixer._modules
-        parts = [mixer, mm["in_proj"], mm["x_proj"], mm["dt_proj"], mm["out_proj"],
-                 mm["dt_layernorm"], mm["b_layernorm"], mm["c_layernorm"], self._modules["mixer_norm"]]
+        parts: list[nn.Module | torch.Tensor] = [
+            mm["in_proj"], mm["x_proj"], mm["dt_proj"], mm["out_proj"], mm["dt_layernorm"],
+            mm["b_layernorm"], mm["c_layernorm"], self._modules["mixer_norm"],
+        ]
+        parts += [t for t in mixer._parameters.values() if t is not None]  # conv, A_log, D
         return cached_by_identity(self, "_mamba_step_args", parts, self._build_mamba_step)
 
     def _build_mamba_step(self) -> tuple[object, ...] | None:
@@ -178,8 +186,6 @@ class Block(nn.Module):
         assert isinstance(mixer, MambaMixer)
         in_proj, out_proj = projection_tensors(mixer.in_proj), projection_tensors(mixer.out_proj)
         if in_proj is None or out_proj is None or self.mixer_norm.eps != mixer.eps:
-            return None
-        if any(p.requires_grad for p in mixer.parameters()):
             return None
         return (
             self.mixer_norm.weight, mixer.eps, in_proj, mixer, mixer.conv_weight, mixer.conv_bias,
@@ -189,30 +195,30 @@ class Block(nn.Module):
         )
 
     def _moe_step(self) -> tuple[object, ...] | None:
-        """What ``kernels.moe_decode`` takes besides h (norm, eps, router, k and the three expert
-        stacks as flat projection lists), or None for a dense MLP. Cached as in
-        :meth:`_decode_step`; quantised stacks add their experts to the identity checked."""
+        """The MoE, then what ``kernels.moe_decode`` takes besides h, eps and k (read from the
+        modules at each call): the norm weight, the router weight and the three expert stacks
+        as flat projection lists. None for a dense MLP. Cached as in :meth:`_decode_step`: the
+        identity checked covers every stack, a parameter or a ``model.quant.QuantExperts``."""
         ffn = self._modules["ffn"]
         if not isinstance(ffn, MoE):
             return None
-        parts = [ffn, ffn._modules["router"], self._modules["ffn_norm"]]
+        parts: list[nn.Module | torch.Tensor] = [ffn._modules["router"], self._modules["ffn_norm"]]
         for name in ("gate_proj", "up_proj", "down_proj"):
-            stack = ffn._modules.get(name)
-            if stack is not None:
-                parts += stack.experts  # model.quant.QuantExperts
+            stack = ffn._parameters.get(name)
+            parts.append(stack if stack is not None else ffn._modules[name])
         return cached_by_identity(self, "_moe_step_args", parts, self._build_moe_step)
 
     def _build_moe_step(self) -> tuple[object, ...] | None:
         ffn = self.ffn
         assert isinstance(ffn, MoE)
         router = ffn.router
-        if not isinstance(router, nn.Linear) or router.bias is not None or router.weight.requires_grad:
+        if not isinstance(router, nn.Linear) or router.bias is not None:
             return None
         stacks = [expert_projections(getattr(ffn, name), ffn.num_experts)
                   for name in ("gate_proj", "up_proj", "down_proj")]
         if any(s is None for s in stacks):
             return None
-        return (self.ffn_norm.weight, self.ffn_norm.eps, router.weight, ffn.top_k, *stacks)
+        return (ffn, self.ffn_norm.weight, router.weight, *stacks)
 
 
 class Embedding(nn.Module):

@@ -5,8 +5,8 @@
         (both states updated IN PLACE; see :mod:`model.kernels.mamba_decode` for the step).
     moe_decode: h (B, 1, D) fp32 -> h + sum_{e in top_k(p)} p[e] * down_e(silu(gate_e(x)) * up_e(x)),
         where x = rms_norm(h, norm) and p = softmax(x @ router^T) in fp32 over ALL E experts,
-        not renormalised over the top k (Jamba's router); slots in descending p, ties to the
-        lower expert index.
+        not renormalised over the top k (Jamba's router); slots in descending p. (Exactly tied
+        probabilities may route to either expert, as with ``torch.topk``.)
 
 Projections are lists ``[weight, scale, minimum, bias]`` as in :mod:`model.kernels.decoder_layer`
 (fp32, int8 or packed 4-bit); an expert stack is one flat list of 4 * E such entries, expert 0

@@ -595,6 +595,10 @@ def test_jamba_sublayer_ops_refuse_bad_arguments():
     args[-1] = _projection(g, "fp32", 64, 100, False)  # out_proj for the wrong ED
     with pytest.raises(RuntimeError, match="out_proj takes 100 inputs"):
         kernels.mamba_mixer_decode(*args)
+    args = list(_mamba_mixer_args(g, "fp32", 1, False))
+    args[12] = torch.randn(100)  # D for the wrong ED: refused, not read past its end
+    with pytest.raises(RuntimeError, match="D must have ED entries"):
+        kernels.mamba_mixer_decode(*args)
     moe = list(_moe_args(g, "fp32", 1))
     moe[5] = moe[5][:-4]  # one expert short
     with pytest.raises(RuntimeError, match=r"gate must hold .* for each of the 5 experts"):

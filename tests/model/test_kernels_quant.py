@@ -200,8 +200,8 @@ def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factor
 def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
     """On the hybrid, a decode step runs each Mamba mixer as one ``mamba_mixer_decode`` op and
     each MoE as one ``moe_decode`` op (the tiny Jamba has both, plus attention layers). It must
-    give what the modules give one by one, batch rows routed to different experts included,
-    and in fp32 continue the cache exactly as the full forward."""
+    give what the modules give one by one, with batch rows routed to different experts, and
+    in fp32 continue the cache as the full forward does (to 1e-4)."""
     from model.transformer import Block
 
     model = quantize_(_perturbed_tiny_jamba(seed=6).requires_grad_(False), mode)
@@ -218,12 +218,19 @@ def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
         return torch.cat(steps, 1)
 
     calls = {"mamba_mixer_decode": 0, "moe_decode": 0}
+    routes: list[int] = []  # per MoE call, how many different expert sets its rows go to
+
+    def route(h, norm, eps, router, top_k, *stacks):
+        probs = torch.softmax(kernels.rms_norm_ref(h, norm, eps)[:, 0] @ router.t(), dim=-1)
+        routes.append(len({tuple(sorted(r)) for r in probs.topk(top_k).indices.tolist()}))
+
     for name in calls:
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _n=name, _f=real: calls.update(
-            {_n: calls[_n] + 1}) or _f(*a))
+            {_n: calls[_n] + 1}) or (_n == "moe_decode" and route(*a)) or _f(*a))
     fused_ops = decode()
     assert calls == {"mamba_mixer_decode": 5 * mamba_layers, "moe_decode": 5 * moe_layers}
+    assert max(routes) > 1
     monkeypatch.setattr(Block, "_mamba_step", lambda self: None)
     monkeypatch.setattr(Block, "_moe_step", lambda self: None)
     modules = decode()
@@ -233,13 +240,28 @@ def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
             torch.testing.assert_close(fused_ops, model(ids), rtol=1e-4, atol=1e-4)
 
 
-def test_jamba_sublayer_ops_are_not_used_for_weights_that_need_gradients():
-    """Parameters that require gradients keep the module path (the C++ ops have no backward)."""
-    model = _perturbed_tiny_jamba(seed=8)
+def test_jamba_decode_ops_follow_replaced_weights(monkeypatch):
+    """The fused decode ops' cached arguments follow a replaced expert stack (not only the
+    first one) and a replaced Mamba parameter: decode after the swap equals the modules."""
+    from model.transformer import Block
+
+    model = _perturbed_tiny_jamba(seed=10).requires_grad_(False)
+    ids = torch.randint(3, 256, (2, 6), generator=torch.Generator().manual_seed(11))
+
+    def decode() -> torch.Tensor:
+        with torch.inference_mode():
+            cache = model.new_cache(2, 8)
+            model(ids[:, :3], cache=cache)
+            return torch.cat([model(ids[:, t : t + 1], cache=cache) for t in range(3, 6)], 1)
+
+    decode()  # builds the cached arguments
     block = next(b for b in model.layers if b.spec.mixer == "mamba" and b.spec.ffn == "moe")
-    assert block._mamba_step() is None and block._moe_step() is None
-    model.requires_grad_(False)
-    assert block._mamba_step() is not None and block._moe_step() is not None
+    block.ffn.up_proj = torch.nn.Parameter(block.ffn.up_proj * 1.5, requires_grad=False)
+    block.mixer.D = torch.nn.Parameter(block.mixer.D * -1, requires_grad=False)
+    fused_ops = decode()
+    monkeypatch.setattr(Block, "_mamba_step", lambda self: None)
+    monkeypatch.setattr(Block, "_moe_step", lambda self: None)
+    torch.testing.assert_close(fused_ops, decode(), rtol=1e-4, atol=1e-4)
 
 
 def test_fused_projections_share_memory_and_follow_quantisation(checkpoint_factory):

@@ -299,7 +299,7 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
 
     def moe_decode(h, norm, eps, router, top_k, gate, up, down):
         if not (
-            h.dtype == norm.dtype == router.dtype == torch.float32
+            h.dtype == norm.dtype == router.dtype == torch.float32 and router.is_contiguous()
             and all(w.dtype in _LAYER_WEIGHT_DTYPES for w in (*gate[::4], *up[::4], *down[::4]))
         ):
             from model.kernels.hybrid_decode import moe_decode_ref
