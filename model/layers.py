@@ -58,17 +58,31 @@ def fused(owner: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
 
 def cached_by_identity(owner: nn.Module, slot: str, parts: Sequence[nn.Module | torch.Tensor],
                        build: Callable[[], T | None]) -> T | None:
-    """``build()``, kept in ``owner.__dict__[slot]`` and returned again while ``parts`` are the
+    """``build()``, kept in ``owner`` under ``slot`` and returned again while ``parts`` are the
     same modules (or tensors) with the same weights (:func:`identity_key`). The key is taken after
     ``build`` ran, since building may rebind the parts' weights (fusing does); a None result
     is not kept (a refusal may not hold later, e.g. once gradients are switched off)."""
-    cached = owner.__dict__.get(slot)
+    caches = owner.__dict__.get(_CACHES)
+    if caches is None:
+        caches = owner.__dict__[_CACHES] = {}
+    cached = caches.get(slot)
     if cached is not None and same_identity(cached[0], parts):
         return cached[1]  # type: ignore[no-any-return]
     value = build()
     if value is not None:
-        owner.__dict__[slot] = (identity_key(parts), value)
+        caches[slot] = (identity_key(parts), value)
     return value
+
+
+_CACHES = "_identity_caches"
+
+
+def drop_identity_caches(model: nn.Module) -> None:
+    """Forget every :func:`cached_by_identity` value in ``model``, so that what they hold (e.g.
+    fused fp32 weights about to be replaced by ``quantize_``) is released now, not at the next
+    forward; they are rebuilt on use."""
+    for module in model.modules():
+        module.__dict__.pop(_CACHES, None)
 
 
 def projection_tensors(module: nn.Module) -> list[torch.Tensor | None] | None:

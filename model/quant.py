@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from model import kernels
+from model.layers import drop_identity_caches
 
 MODES = ("int8", "int4", "none")
 KEEP_LINEAR = ("x_proj", "dt_proj", "router")
@@ -130,6 +131,7 @@ def quantize_(model: nn.Module, mode: str = "int8") -> nn.Module:
     if mode == "none":
         return model
     wanted = 4 if mode == "int4" else 8
+    drop_identity_caches(model)  # fused projections and cached decode arguments hold the floats
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and name not in KEEP_LINEAR:

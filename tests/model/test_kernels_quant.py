@@ -7,6 +7,8 @@ matters) on the C++ backend when it compiles, else the reference: both paths are
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -292,12 +294,16 @@ def test_fused_projections_share_memory_and_follow_quantisation(checkpoint_facto
     assert weight_bytes(model) == before  # views, no second copy
     assert fused(attn, ("q_proj", "k_proj", "v_proj")) is qkv  # built once
 
+    fused_weight = weakref.ref(qkv.weight)
+    del qkv
     quantize_(model, "int8")
+    gc.collect()
+    assert fused_weight() is None  # the fp32 fused weight is released by quantize_ itself
     quantize_(fresh, "int8")
     with torch.inference_mode():
         torch.testing.assert_close(prefill_and_step(model), prefill_and_step(fresh))
     qkv8 = fused(attn, ("q_proj", "k_proj", "v_proj"))
-    assert isinstance(qkv8, QuantLinear) and qkv8 is not qkv
+    assert isinstance(qkv8, QuantLinear)
 
     # a weight replaced by assignment (as a loader does) is picked up, not served stale
     mlp = model.layers[0].ffn
