@@ -378,6 +378,7 @@ def load(
     progress: Progress | None = None,
     prefix_cache_bytes: int = 0,
     quantize: str = "none",
+    kv_dtype: torch.dtype | str | None = None,
 ) -> LanguageModel:
     """Load a model by registry name, .gguf path, HF directory or Hub repo id.
 
@@ -385,13 +386,20 @@ def load(
     ``download=False``. GGUF tensors are dequantised to ``dtype``. ``prefix_cache_bytes > 0``
     turns the prefix-state cache on with that budget. ``quantize="int8"|"int4"`` stores the
     linear weights as int8 per row or 4-bit groups (``model.quant``): decode reads 4x/6x fewer
-    weight bytes, at a small cost in accuracy; ``"none"`` keeps ``dtype``.
+    weight bytes, at a small cost in accuracy; ``"none"`` keeps ``dtype``. ``kv_dtype="float16"``
+    keeps the attention layers' K/V cache in half precision: half the memory per token of
+    context, and long-context decode reads half the cache bytes.
     """
     import torch
 
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype must be a torch dtype or its name, got {dtype!r}")
+    kv_torch_dtype = getattr(torch, kv_dtype, None) if isinstance(kv_dtype, str) else kv_dtype
+    if kv_dtype is not None and not (
+        isinstance(kv_torch_dtype, torch.dtype) and kv_torch_dtype.is_floating_point
+    ):
+        raise ValueError(f"kv_dtype must be a floating-point torch dtype or its name, got {kv_dtype!r}")
     from model.quant import MODES, quantize_
 
     if quantize not in MODES:
@@ -410,6 +418,7 @@ def load(
         network = load_hf_dir(resolved.path, torch_dtype, device)
         tokenizer = Tokenizer.from_hf_dir(resolved.path)
     network.eval()
+    network.kv_dtype = kv_torch_dtype
     if quantize != "none":
         if progress:
             progress(f"quantising to {quantize}")

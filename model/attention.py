@@ -141,7 +141,8 @@ class Attention(nn.Module):
             end = inputs.start + length
             kv.k[:, :, inputs.start : end] = k
             kv.v[:, :, inputs.start : end] = v
-            k, v = kv.k[:, :, :end], kv.v[:, :, :end]  # (B, Hkv, T, hd) views, no copy
+            # (B, Hkv, T, hd): views, no copy, unless the cache is kept in a lower precision
+            k, v = kv.k[:, :, :end].to(q.dtype), kv.v[:, :, :end].to(q.dtype)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal,
             enable_gqa=self.num_heads != self.num_kv_heads,

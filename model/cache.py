@@ -83,14 +83,19 @@ class HybridCache:
         max_len: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
+        """``kv_dtype`` (default ``dtype``) is the attention layers' K/V dtype: ``torch.float16``
+        halves the bytes a long-context decode step reads; attention widens them to ``dtype``."""
         if batch_size <= 0 or max_len <= 0:
             raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
+        if kv_dtype is not None and not kv_dtype.is_floating_point:
+            raise ValueError(f"kv_dtype must be a floating-point dtype, got {kv_dtype}")
         with torch.inference_mode(False):
-            self._allocate(config, batch_size, max_len, dtype, device)
+            self._allocate(config, batch_size, max_len, dtype, device, kv_dtype or dtype)
 
     def _allocate(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,
-                  device: torch.device | str) -> None:
+                  device: torch.device | str, kv_dtype: torch.dtype) -> None:
         """Buffers are always normal tensors, never inference tensors: a cache made under
         torch.inference_mode() must still accept writes from a forward run under no_grad."""
         self.config_hash = config.config_hash()
@@ -107,8 +112,8 @@ class HybridCache:
             )
             if spec.mixer == "mamba"
             else KVState(
-                k=torch.zeros(kv_shape, dtype=dtype, **kw),
-                v=torch.zeros(kv_shape, dtype=dtype, **kw),
+                k=torch.zeros(kv_shape, dtype=kv_dtype, **kw),
+                v=torch.zeros(kv_shape, dtype=kv_dtype, **kw),
             )
             for spec in config.layers
         ]

@@ -240,6 +240,7 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.kv_dtype: torch.dtype | None = None  # new_cache's default K/V dtype (None: dtype)
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, spec) for spec in config.layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -256,12 +257,17 @@ class CausalLM(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
-    def new_cache(self, batch_size: int, max_len: int) -> HybridCache:
-        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+    def new_cache(
+        self, batch_size: int, max_len: int, kv_dtype: torch.dtype | None = None
+    ) -> HybridCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens; ``kv_dtype``
+        (default ``self.kv_dtype``, e.g. ``torch.float16``) keeps the K/V of attention layers in
+        another dtype than the model's."""
         limit = self.config.max_position_embeddings
         if max_len > limit:
             raise ContextLengthError(max_len, limit, "the model's context window")
-        return HybridCache(self.config, batch_size, max_len, dtype=self.dtype, device=self.device)
+        return HybridCache(self.config, batch_size, max_len, dtype=self.dtype, device=self.device,
+                           kv_dtype=kv_dtype or self.kv_dtype)
 
     def _positions(
         self, b: int, length: int, start: int, pad: torch.Tensor | None,

@@ -44,9 +44,9 @@ def attention_decode_ref(
         q, k = rope_ref(q, cos, sin), rope_ref(k, cos, sin)
     k_cache[:, :, start] = k[:, 0]
     v_cache[:, :, start] = v[:, 0]
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k_cache[:, :, : start + 1], v_cache[:, :, : start + 1],
-        enable_gqa=heads != kv_heads,
+    out = F.scaled_dot_product_attention(  # a half-precision cache is read widened to q's dtype
+        q.transpose(1, 2), k_cache[:, :, : start + 1].to(q.dtype),
+        v_cache[:, :, : start + 1].to(q.dtype), enable_gqa=heads != kv_heads,
     )  # (B, H, 1, hd)
     return out.transpose(1, 2).reshape(b, 1, heads * hd)
 

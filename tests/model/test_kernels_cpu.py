@@ -615,3 +615,44 @@ def test_jamba_sublayer_ops_pass_opcheck():
     ops = torch.ops.model_kernels
     torch.library.opcheck(ops.mamba_mixer_decode, _mamba_mixer_args(g, "int8", 2, True))
     torch.library.opcheck(ops.moe_decode, _moe_args(g, "int4", 2))
+
+
+@pytest.mark.parametrize("layer", [False, True])
+def test_decode_ops_read_a_half_precision_kv_cache(layer):
+    """With an fp16 KV cache, attention_decode and decoder_layer_decode widen the keys and values
+    as they read them and write the new token rounded to fp16: equal to the reference on the
+    same cache, and close to the fp32-cache result."""
+    g = torch.Generator().manual_seed(27)
+    batch, heads, kv_heads, hd, slots, start = 2, 6, 2, 64, 700, 650  # key slices are merged
+    dim, inter = 64, 96
+    (kc32, vc32), _ = _cache_pair(g, batch, kv_heads, slots, hd)
+    cos, sin = _rope_tables(g, batch, hd)
+    if layer:
+        h = torch.randn(batch, 1, dim, generator=g)
+        norms = (1 + 0.1 * torch.randn(dim, generator=g), 1 + 0.1 * torch.randn(dim, generator=g))
+        projections = [
+            _projection(g, "int8", (heads + 2 * kv_heads) * hd, dim, False),
+            _projection(g, "int8", dim, heads * hd, False),
+            _projection(g, "int8", 2 * inter, dim, False),
+            _projection(g, "int8", dim, inter, False),
+        ]
+
+        def run(op, kc, vc):
+            return op(h, *norms, 1e-5, *projections, kc, vc, start, cos, sin)
+
+        ops = (kernels.decoder_layer_decode, kernels.decoder_layer_decode_ref)
+    else:
+        q, k, v = (torch.randn(batch, 1, n * hd, generator=g) for n in (heads, kv_heads, kv_heads))
+
+        def run(op, kc, vc):
+            return op(q, k, v, kc, vc, start, cos, sin)
+
+        ops = (kernels.attention_decode, kernels.attention_decode_ref)
+    caches = [(kc32.half(), vc32.half()) for _ in range(2)]
+    y = run(ops[0], *caches[0])
+    _assert_fp32("half cache vs reference", y, run(ops[1], *caches[1]), tol=1e-5)
+    for fast, ref in zip(caches[0], caches[1], strict=True):
+        assert fast.dtype == torch.float16
+        torch.testing.assert_close(fast, ref, rtol=0, atol=0)  # the same fp16 writes
+    y32 = run(ops[0], kc32, vc32)
+    _assert_fp32("half cache vs fp32 cache", y, y32, tol=5e-3)

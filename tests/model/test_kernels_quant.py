@@ -266,6 +266,39 @@ def test_jamba_decode_ops_follow_replaced_weights(monkeypatch):
     torch.testing.assert_close(fused_ops, decode(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "jamba"])
+def test_a_half_precision_kv_cache_decodes_like_fp32(backend, family, checkpoint_factory):
+    """``new_cache(kv_dtype=torch.float16)`` holds half the KV bytes; prefill and decode through
+    it (the fused decode ops on the C++ backend) stay within fp16 rounding of the fp32 cache,
+    and snapshots restore across the two."""
+    from model.hf import load_hf_dir
+
+    model = (load_hf_dir(checkpoint_factory("llama").path) if family == "llama"
+             else _perturbed_tiny_jamba(seed=12).requires_grad_(False))
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(13))
+
+    def decode(cache) -> torch.Tensor:
+        with torch.inference_mode():
+            steps = [model(ids[:, :6], cache=cache)]
+            steps += [model(ids[:, t : t + 1], cache=cache) for t in range(6, 12)]
+        return torch.cat(steps, 1)
+
+    half = model.new_cache(2, 16, kv_dtype=torch.float16)
+    full = model.new_cache(2, 16)
+    kv = [s for s in half.layers if hasattr(s, "k")]
+    assert kv and all(s.k.dtype == s.v.dtype == torch.float16 for s in kv)
+    assert half.bytes_per_token() * 2 == full.bytes_per_token()
+    out_half, out_full = decode(half), decode(full)
+    torch.testing.assert_close(out_half, out_full, rtol=0, atol=2e-2)
+    assert (out_half.argmax(-1) == out_full.argmax(-1)).float().mean() > 0.9
+    full.restore(half.snapshot())  # fp16 K/V widened into the fp32 cache
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids[:, 11:], cache=full), model(ids[:, 11:], cache=half),
+                                   rtol=0, atol=2e-2)
+    with pytest.raises(ValueError, match="floating-point"):
+        model.new_cache(1, 8, kv_dtype=torch.int8)
+
+
 def test_fused_projections_share_memory_and_follow_quantisation(checkpoint_factory):
     """q|k|v and gate|up are fused on first use without doubling memory (the projections' weights
     become views of the fused tensor), and quantising afterwards rebuilds the fused modules:

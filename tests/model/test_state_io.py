@@ -121,6 +121,22 @@ def test_load_quantizes_and_keeps_its_states_apart(tiny_llama):
         load(tiny_llama[0], quantize="int3")
 
 
+def test_load_with_a_half_precision_kv_cache_generates_and_shares_states(tiny_llama):
+    """``load(kv_dtype="float16")``: caches hold fp16 K/V (half the bytes), greedy text matches
+    the fp32-cache model on this prompt, and a state stored by one resumes in the other."""
+    plain = load(tiny_llama[0])
+    half = load(tiny_llama[0], kv_dtype="float16")
+    cache = half.model.new_cache(1, 8)
+    assert cache.bytes_per_token() * 2 == plain.model.new_cache(1, 8).bytes_per_token()
+    kw = dict(max_new_tokens=6, stop_token_ids=[])
+    assert half.generate("the the", **kw).token_ids == plain.generate("the the", **kw).token_ids
+    prompt = plain.encode("the the é the")
+    assert half.resume(plain.save_state(prompt), **kw).token_ids == plain.resume(
+        plain.save_state(prompt), **kw).token_ids
+    with pytest.raises(ValueError, match="kv_dtype"):
+        load(tiny_llama[0], kv_dtype="int8")
+
+
 @pytest.mark.slow
 def test_smollm2_resumes_a_stored_conversation(smollm2):
     messages = [{"role": "user", "content": "Tell me about the moon in two sentences."}]

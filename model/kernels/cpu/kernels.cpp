@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -1247,60 +1248,85 @@ inline void rope_row(const float* x, const float* c, const float* s, float* o, i
 // group: with the heads in the outer loop, a long context re-read K and V once per head.
 constexpr int64_t ATT_BLOCK = 64;
 
-// Four scores q.K[t..t+3] (rows hd floats apart), hd % 8 == 0.
+// A KV cache in half precision (fp16) stores half the bytes a decode step reads; its values
+// are widened to fp32 in registers as they are loaded (F16C: 8 values an instruction).
 #if defined(__AVX2__) && defined(__FMA__)
-inline __m128 dot4_keys(const float* qh, const float* kr, int64_t hd) {
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+#if defined(__F16C__)
+inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+constexpr bool kHalfSimd = true;
+#else
+inline __m256 load8(const at::Half*) { return _mm256_setzero_ps(); }  // never called
+constexpr bool kHalfSimd = false;
+#endif
+template <typename C>
+constexpr bool simd_cache() { return std::is_same_v<C, float> || kHalfSimd; }
+#endif
+
+inline void narrow(const float* src, int64_t count, float* dst) { std::memcpy(dst, src, count * 4); }
+
+inline void narrow(const float* src, int64_t count, at::Half* dst) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<at::Half>(src[i]);
+}
+
+// Four scores q.K[t..t+3] (rows hd values apart), hd % 8 == 0.
+#if defined(__AVX2__) && defined(__FMA__)
+template <typename C>
+inline __m128 dot4_keys(const float* qh, const C* kr, int64_t hd) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t d = 0; d < hd; d += 8) {
     const __m256 qv = _mm256_loadu_ps(qh + d);
-    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + d), a0);
-    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + hd + d), a1);
-    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 2 * hd + d), a2);
-    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + 3 * hd + d), a3);
+    a0 = _mm256_fmadd_ps(qv, load8(kr + d), a0);
+    a1 = _mm256_fmadd_ps(qv, load8(kr + hd + d), a1);
+    a2 = _mm256_fmadd_ps(qv, load8(kr + 2 * hd + d), a2);
+    a3 = _mm256_fmadd_ps(qv, load8(kr + 3 * hd + d), a3);
   }
   const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 #endif
 
-// acc (hd) += sum_t p[t] * V[t] over n rows of V (hd floats apart).
-inline void accumulate_rows(const float* p, const float* V, int64_t n, int64_t hd, float* acc) {
+// acc (hd) += sum_t p[t] * V[t] over n rows of V (hd values apart).
+template <typename C>
+inline void accumulate_rows(const float* p, const C* V, int64_t n, int64_t hd, float* acc) {
   int64_t d0 = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  for (; hd % 8 == 0 && d0 + 64 <= hd; d0 += 64) {  // 64 outputs in eight registers
+  for (; simd_cache<C>() && hd % 8 == 0 && d0 + 64 <= hd; d0 += 64) {  // 64 outputs, 8 registers
     __m256 a[8];
     for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_ps(acc + d0 + 8 * j);
     for (int64_t t = 0; t < n; ++t) {
       const __m256 pv = _mm256_set1_ps(p[t]);
-      const float* vr = V + t * hd + d0;
-      for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * j), a[j]);
+      const C* vr = V + t * hd + d0;
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(pv, load8(vr + 8 * j), a[j]);
     }
     for (int j = 0; j < 8; ++j) _mm256_storeu_ps(acc + d0 + 8 * j, a[j]);
   }
 #endif
   for (int64_t t = 0; t < n && d0 < hd; ++t) {
     const float pt = p[t];
-    const float* vr = V + t * hd;
+    const C* vr = V + t * hd;
 #pragma omp simd
-    for (int64_t d = d0; d < hd; ++d) acc[d] += pt * vr[d];
+    for (int64_t d = d0; d < hd; ++d) acc[d] += pt * static_cast<float>(vr[d]);
   }
 }
 
-void attend_slice(const float* q, const float* K, const float* V, int64_t t0, int64_t t1,
-                  int64_t hd, int64_t group, float scale, float* scores, float* out, float* top,
-                  float* sum) {
+template <typename C>
+void attend_slice(const float* q, const C* K, const C* V, int64_t t0, int64_t t1, int64_t hd,
+                  int64_t group, float scale, float* scores, float* out, float* top, float* sum) {
   for (int64_t g = 0; g < group; ++g) {
     top[g] = -INFINITY;
     sum[g] = 0.0f;
     std::fill(out + g * hd, out + (g + 1) * hd, 0.0f);
   }
 #if defined(__AVX2__) && defined(__FMA__)
-  const bool vec = hd % 8 == 0;
+  const bool vec = simd_cache<C>() && hd % 8 == 0;
 #endif
   for (int64_t b0 = t0; b0 < t1; b0 += ATT_BLOCK) {
     const int64_t n = std::min(ATT_BLOCK, t1 - b0);
-    const float* kb = K + b0 * hd;
-    const float* vb = V + b0 * hd;
+    const C* kb = K + b0 * hd;
+    const C* vb = V + b0 * hd;
     for (int64_t g = 0; g < group; ++g) {
       const float* qh = q + g * hd;
       float* sg = scores + g * ATT_BLOCK;
@@ -1311,7 +1337,7 @@ void attend_slice(const float* q, const float* K, const float* V, int64_t t0, in
 #endif
       for (; t < n; ++t) {
         float dot = 0.0f;
-        for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kb[t * hd + d];
+        for (int64_t d = 0; d < hd; ++d) dot += qh[d] * static_cast<float>(kb[t * hd + d]);
         sg[t] = dot * scale;
       }
       float block_max = -INFINITY;
@@ -1338,22 +1364,24 @@ void attend_slice(const float* q, const float* K, const float* V, int64_t t0, in
 // The body of attention_decode on raw pointers: q rows (B, H*hd) `q_stride` floats apart, k and
 // v rows (B, Hkv*hd) `kv_stride` apart, cos/sin (B, hd) or null, caches (B, Hkv, S, hd)
 // contiguous; out (B, H*hd) contiguous.
+template <typename C>
 void attention_step(const float* qp_in, int64_t q_stride, const float* kn_in, const float* vn_in,
-                    int64_t kv_stride, const float* cp, const float* sp_, float* kp, float* vp,
+                    int64_t kv_stride, const float* cp, const float* sp_, C* kp, C* vp,
                     int64_t batch, int64_t heads, int64_t kv_heads, int64_t slots, int64_t hd,
                     int64_t start, float* op) {
   const bool rotary = cp != nullptr;
-  std::vector<float> q_rot(batch * heads * hd);
+  std::vector<float> q_rot(batch * heads * hd), k_rot(hd);
   for (int64_t b = 0; b < batch; ++b) {
     const float *c = rotary ? cp + b * hd : nullptr, *s = rotary ? sp_ + b * hd : nullptr;
     for (int64_t kh = 0; kh < kv_heads; ++kh) {
       const int64_t slot = ((b * kv_heads + kh) * slots + start) * hd;
       const float* kn = kn_in + b * kv_stride + kh * hd;
-      if (rotary)
-        rope_row(kn, c, s, kp + slot, hd);
-      else
-        std::memcpy(kp + slot, kn, hd * sizeof(float));
-      std::memcpy(vp + slot, vn_in + b * kv_stride + kh * hd, hd * sizeof(float));
+      if (rotary) {
+        rope_row(kn, c, s, k_rot.data(), hd);
+        kn = k_rot.data();
+      }
+      narrow(kn, hd, kp + slot);
+      narrow(vn_in + b * kv_stride + kh * hd, hd, vp + slot);
     }
     for (int64_t h = 0; h < heads; ++h) {
       const float* qh = qp_in + b * q_stride + h * hd;
@@ -1382,8 +1410,8 @@ void attention_step(const float* qp_in, int64_t q_stride, const float* kn_in, co
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t pair = unit / splits, b = pair / kv_heads, kh = pair % kv_heads;
       const int64_t t0 = (unit % splits) * per_split, t1 = std::min(keys, t0 + per_split);
-      const float* kb = kp + pair * slots * hd;
-      const float* vb = vp + pair * slots * hd;
+      const C* kb = kp + pair * slots * hd;
+      const C* vb = vp + pair * slots * hd;
       const float* qg = qp + (b * heads + kh * group) * hd;  // the group's query heads
       attend_slice(qg, kb, vb, t0, t1, hd, group, scale, scores.data(),
                    part_out.data() + unit * group * hd, part_max.data() + unit * group,
@@ -1413,15 +1441,27 @@ void attention_step(const float* qp_in, int64_t q_stride, const float* kn_in, co
   }
 }
 
-// The KV cache of a decode op: contiguous CPU fp32 (B, Hkv, S, hd) pair with slot `start` inside.
+// The KV cache of a decode op: contiguous CPU fp32 or fp16 (B, Hkv, S, hd) pair, one dtype,
+// with slot `start` inside.
 void check_kv_cache(const Tensor& k_cache, const Tensor& v_cache, int64_t start, const char* op) {
-  TORCH_CHECK(k_cache.device().is_cpu() && k_cache.scalar_type() == at::kFloat &&
-                  v_cache.device().is_cpu() && v_cache.scalar_type() == at::kFloat &&
+  const auto dtype = k_cache.scalar_type();
+  TORCH_CHECK(k_cache.device().is_cpu() && v_cache.device().is_cpu() &&
+                  (dtype == at::kFloat || dtype == at::kHalf) && v_cache.scalar_type() == dtype &&
                   k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
                   v_cache.sizes() == k_cache.sizes(),
-              op, ": k_cache and v_cache must be contiguous CPU fp32 (B, Hkv, S, hd) tensors");
+              op, ": k_cache and v_cache must be contiguous CPU (B, Hkv, S, hd) tensors, both "
+              "fp32 or both fp16");
   TORCH_CHECK(start >= 0 && start < k_cache.size(2), op, ": slot ", start,
               " outside the cache (", k_cache.size(2), " slots)");
+}
+
+// f(k, v) with the caches' data as float* or at::Half* (check_kv_cache has run).
+template <typename F>
+void with_cache_type(Tensor& k_cache, Tensor& v_cache, F&& f) {
+  if (k_cache.scalar_type() == at::kHalf)
+    f(k_cache.data_ptr<at::Half>(), v_cache.data_ptr<at::Half>());
+  else
+    f(k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
 }
 
 // RoPE tables of a decode step as contiguous fp32 (B, 1, hd), or two undefined tensors.
@@ -1455,11 +1495,12 @@ Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tenso
   const bool rotary = cc.defined();
   const Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   Tensor out = at::empty({batch, 1, heads * hd}, q.options());
-  attention_step(qc.data_ptr<float>(), heads * hd, kc.data_ptr<float>(), vc.data_ptr<float>(),
-                 kv_heads * hd, rotary ? cc.data_ptr<float>() : nullptr,
-                 rotary ? sc.data_ptr<float>() : nullptr, k_cache.data_ptr<float>(),
-                 v_cache.data_ptr<float>(), batch, heads, kv_heads, slots, hd, start,
-                 out.data_ptr<float>());
+  with_cache_type(k_cache, v_cache, [&](auto* kp, auto* vp) {
+    attention_step(qc.data_ptr<float>(), heads * hd, kc.data_ptr<float>(), vc.data_ptr<float>(),
+                   kv_heads * hd, rotary ? cc.data_ptr<float>() : nullptr,
+                   rotary ? sc.data_ptr<float>() : nullptr, kp, vp, batch, heads, kv_heads, slots,
+                   hd, start, out.data_ptr<float>());
+  });
   return out;
 }
 
@@ -1570,10 +1611,12 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
   rms_norm_rows(hp, an.data_ptr<float>(), x.data(), batch, dim, feps);
   p_qkv.apply(x.data(), batch, proj.data());
   const float* qp = proj.data();
-  attention_step(qp, p_qkv.n_out, qp + heads * hd, qp + (heads + kv_heads) * hd, p_qkv.n_out,
-                 rotary ? cc.data_ptr<float>() : nullptr, rotary ? sc.data_ptr<float>() : nullptr,
-                 k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), batch, heads, kv_heads,
-                 slots, hd, start, mixed.data());
+  with_cache_type(k_cache, v_cache, [&](auto* kp, auto* vp) {
+    attention_step(qp, p_qkv.n_out, qp + heads * hd, qp + (heads + kv_heads) * hd, p_qkv.n_out,
+                   rotary ? cc.data_ptr<float>() : nullptr,
+                   rotary ? sc.data_ptr<float>() : nullptr, kp, vp, batch, heads, kv_heads, slots,
+                   hd, start, mixed.data());
+  });
   p_o.apply(mixed.data(), batch, back.data());
   for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
   // MLP half.

@@ -45,6 +45,7 @@ _INT8_MATVEC_MAX_ROWS = 8
 
 # Weights the fused decoder-layer kernel reads: fp32, int8 and packed 4-bit (model.quant).
 _LAYER_WEIGHT_DTYPES = (torch.float32, torch.int8, torch.uint8)
+_KV_DTYPES = (torch.float32, torch.float16)  # KV caches the decode ops read (fp16: widened)
 
 _lock = threading.Lock()
 _ops: dict[str, Callable[..., Any]] | None = None
@@ -259,7 +260,8 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
 
     def attention_decode(q, k, v, k_cache, v_cache, start, cos=None, sin=None):
         if not (
-            q.dtype == k_cache.dtype == torch.float32 and k_cache.is_contiguous()
+            q.dtype == torch.float32 and k_cache.dtype in _KV_DTYPES
+            and v_cache.dtype == k_cache.dtype and k_cache.is_contiguous()
             and v_cache.is_contiguous() and (cos is None or cos.dtype == torch.float32)
         ):
             from model.kernels.attention_decode import attention_decode_ref
@@ -270,7 +272,8 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
     def decoder_layer_decode(h, attn_norm, ffn_norm, eps, qkv, o, gate_up, down, k_cache,
                              v_cache, start, cos=None, sin=None):
         if not (
-            h.dtype == attn_norm.dtype == ffn_norm.dtype == k_cache.dtype == torch.float32
+            h.dtype == attn_norm.dtype == ffn_norm.dtype == torch.float32
+            and k_cache.dtype in _KV_DTYPES and v_cache.dtype == k_cache.dtype
             and qkv[0].dtype in _LAYER_WEIGHT_DTYPES and o[0].dtype in _LAYER_WEIGHT_DTYPES
             and gate_up[0].dtype in _LAYER_WEIGHT_DTYPES and down[0].dtype in _LAYER_WEIGHT_DTYPES
             and (cos is None or cos.dtype == torch.float32)
