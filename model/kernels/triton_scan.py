@@ -6,36 +6,37 @@ Glossary: Bt batch, ED channels (d_inner), N state size (d_state), L sequence le
 Same contract as :func:`model.kernels.selective_scan_ref` (read that docstring for the math).
 
 How it works. One program owns a block of BLOCK_D channels of one batch row and keeps their
-state h (BLOCK_D, N) in fp32 registers. It walks the sequence in chunks of BLOCK_L steps; for a
-chunk it builds the (BLOCK_D, N, BLOCK_L) tiles
+state h (BLOCK_D, N) in fp32 registers. It walks the sequence in chunks of BLOCK_L steps, and
+within a chunk takes the N states one at a time: for state n it builds the (BLOCK_D, BLOCK_L)
+tiles
 
-    a_t = exp(dt_t * A)        b_t = dt_t * u_t * B_t
+    a_t = exp(dt_t * A[:, n])        b_t = dt_t * u_t * B_t[n]
 
 and runs ``tl.associative_scan`` along the chunk with the operator of a first-order linear
 recurrence, (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2). Step t of the result is (P_t, S_t) with
-h_t = P_t h_start + S_t, so the chunk's states come out in O(log BLOCK_L) parallel depth and the
-carried state is the last column. y_t = sum_n h_t C_t is reduced over N in registers; D skip and
-the SiLU gate are fused in the epilogue. Padding steps past L get dt = 0 (a = 1, b = 0), so they
+h_t = P_t h_start + S_t, so the chunk's states come out in O(log BLOCK_L) parallel depth; the
+carried state is the last column, and y_t += h_t C_t[n] accumulates elementwise. D skip and the
+SiLU gate are fused in the epilogue. Padding steps past L get dt = 0 (a = 1, b = 0), so they
 leave h unchanged and the last column is always the state at step L-1.
+
+An earlier version scanned one (BLOCK_D, N, BLOCK_L) tile per chunk and reduced y over N; on an
+H100 (bf16, ED 2048, N 16, L 2048) it took 0.29 ms against this loop's 0.17, and 0.86 against
+0.15 on the mixer's channel-major layout: the 3-D tiles forced cross-thread reductions over N
+and over L and layout conversions every chunk, and capped BLOCK_L at 16-32 for registers.
 
 Memory: every input is read once and y written once. Arbitrary strides are accepted, so the
 mixer's ``x, z = in_proj(h).transpose(1, 2).chunk(2, dim=1)`` views need no copy. Those are
-channel-major (ED contiguous, stride 2ED along L), unlike a contiguous (Bt, ED, L) tensor, so
-the launch heuristics pick wide-in-ED, short-in-L tiles for them (loads coalesce across
-channels) and long-in-L tiles otherwise; y is allocated in u's layout (see
-:func:`empty_sequence_like`), so ``y.transpose(1, 2)`` feeds out_proj without a copy.
+channel-major (ED contiguous, stride 2ED along L), unlike a contiguous (Bt, ED, L) tensor; y
+is allocated in u's layout (see :func:`empty_sequence_like`), so ``y.transpose(1, 2)`` feeds
+out_proj without a copy.
 
 mamba-ssm's CUDA kernel instead gives each thread a run of consecutive steps and does a
-block-wide scan across threads; that needs shared-memory choreography Triton does not expose,
-and this tiling is the Triton-native equivalent.
-
-STATUS: verified for correctness ONLY under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
-(tests/model/test_kernels_triton.py), and compiled offline for sm_80/sm_90 (no register
-spills; ``python -m model.kernels.bench_triton --compile-report``). GPU correctness at real
-sizes and speed were NOT measured in the session that wrote it (no GPU was available):
-``pytest -m gpu tests/model/test_kernels_triton.py`` checks the first and
-``python -m model.kernels.bench_triton`` times them. The default block sizes are chosen from register counts, not timings: sweep them with
-``python -m model.kernels.bench_triton --sweep`` on a GPU.
+block-wide scan across threads, with shared-memory choreography Triton does not expose; it is
+still about 2x faster in bf16 on contiguous inputs (0.09 vs 0.17 ms), while in fp32 and on
+the strided layouts the model passes (B, C transposed from (Bt, L, N); x, z channel-major when
+the weights are quantised), which mamba-ssm copies to contiguous first, this kernel is level
+with it or slightly ahead. Measured with ``python -m model.kernels.bench_triton`` on
+an H100 (see that module).
 """
 
 from __future__ import annotations
@@ -92,10 +93,6 @@ def _selective_scan_kernel(
     mask_n = offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
 
-    # Padded channels / states get A = 0 (decay 1) and B = C = 0: they stay 0 and are not stored.
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    # exp(x) = exp2(x log2 e): scale A once so the hot loop is a bare exp2.
-    A = A.to(tl.float32) * 1.4426950408889634  # (BLOCK_D, BLOCK_N)
     if HAS_H0:
         h = tl.load(
             h0_ptr + pid_b * s_h0_b + offs_d[:, None] * s_h0_d + offs_n[None, :] * s_h0_n,
@@ -117,15 +114,14 @@ def _selective_scan_kernel(
     dt_ptrs = dt_ptr + pid_b * s_dt_b + rows * s_dt_d + steps * s_dt_l
     z_ptrs = z_ptr + pid_b * s_z_b + rows * s_z_d + steps * s_z_l
     y_ptrs = y_ptr + pid_b * s_y_b + rows * s_y_d + steps * s_y_l
-    B_ptrs = B_ptr + pid_b * s_B_b + offs_n.to(tl.int64)[:, None] * s_B_n + steps * s_B_l
-    C_ptrs = C_ptr + pid_b * s_C_b + offs_n.to(tl.int64)[:, None] * s_C_n + steps * s_C_l
-    is_last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
+    is_last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, :]
+    B_row = B_ptr + pid_b * s_B_b + tl.arange(0, BLOCK_L).to(tl.int64) * s_B_l  # (BLOCK_L,)
+    C_row = C_ptr + pid_b * s_C_b + tl.arange(0, BLOCK_L).to(tl.int64) * s_C_l
 
     for start in range(0, length, BLOCK_L):
         offs_l = start + tl.arange(0, BLOCK_L)
         mask_l = offs_l < length
         mask_dl = mask_d[:, None] & mask_l[None, :]
-        mask_nl = mask_n[:, None] & mask_l[None, :]
 
         u = tl.load(u_ptrs, mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_L)
         dt = tl.load(dt_ptrs, mask=mask_dl, other=0.0).to(tl.float32)
@@ -134,15 +130,30 @@ def _selective_scan_kernel(
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mask_dl, dt, 0.0)  # padding steps: a = 1, b = 0
-        Bc = tl.load(B_ptrs, mask=mask_nl, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_L)
-        Cc = tl.load(C_ptrs, mask=mask_nl, other=0.0).to(tl.float32)
-
-        a = tl.exp2(dt[:, None, :] * A[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        b = (dt * u)[:, None, :] * Bc[None, :, :]
-        prod, acc = tl.associative_scan((a, b), axis=2, combine_fn=_linear_recurrence_combine)
-        hs = prod * h[:, :, None] + acc  # h_t for every step of the chunk
-        y = tl.sum(hs * Cc[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
-        h = tl.sum(tl.where(is_last, hs, 0.0), axis=2)  # state after the chunk's last step
+        # One state n at a time on (BLOCK_D, BLOCK_L) tiles: y accumulates elementwise, and
+        # no tile spans N, so nothing is reduced across N.
+        dtu = dt * u
+        y = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+        h_next = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        for n in tl.static_range(BLOCK_N):
+            pick = offs_n[None, :] == n
+            h_n = tl.sum(tl.where(pick, h, 0.0), axis=1)  # (BLOCK_D,): column n of h
+            # A's column n and B's, C's row n: small re-reads that stay in L1. Padded states
+            # (n >= N) read A = B = C = 0, so their h stays 0 and adds nothing to y.
+            in_n = (offs_l * 0 + n) < n_state
+            A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n,
+                          mask=mask_d & ((offs_d * 0 + n) < n_state),
+                          other=0.0).to(tl.float32) * 1.4426950408889634  # exp via exp2
+            B_n = tl.load(B_row + n * s_B_n, mask=mask_l & in_n, other=0.0).to(tl.float32)
+            C_n = tl.load(C_row + n * s_C_n, mask=mask_l & in_n, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * A_n[:, None])  # (BLOCK_D, BLOCK_L)
+            b = dtu * B_n[None, :]
+            prod, acc = tl.associative_scan((a, b), axis=1, combine_fn=_linear_recurrence_combine)
+            hs = prod * h_n[:, None] + acc  # h_t[:, n] for every step of the chunk
+            y += hs * C_n[None, :]
+            last = tl.sum(tl.where(is_last, hs, 0.0), axis=1)  # state after the chunk
+            h_next = tl.where(pick, last[:, None], h_next)
+        h = h_next
 
         if HAS_D:
             y += D[:, None] * u
@@ -155,8 +166,8 @@ def _selective_scan_kernel(
         dt_ptrs += BLOCK_L * s_dt_l
         z_ptrs += BLOCK_L * s_z_l
         y_ptrs += BLOCK_L * s_y_l
-        B_ptrs += BLOCK_L * s_B_l
-        C_ptrs += BLOCK_L * s_C_l
+        B_row += BLOCK_L * s_B_l
+        C_row += BLOCK_L * s_C_l
 
     tl.store(
         hT_ptr + pid_b * s_hT_b + offs_d[:, None] * s_hT_d + offs_n[None, :] * s_hT_n,
@@ -185,21 +196,21 @@ def empty_sequence_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> to
 
 
 def default_scan_blocks(channels: int, n_state: int, length: int,
-                        ed_contiguous: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_L, num_warps) for a launch.
+                        bc_unit_stride: bool = True) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_L, num_warps) for a launch; ``bc_unit_stride``: B and C are contiguous
+    along L (the model's B, C are transposed (Bt, L, N) tensors, stride N along L).
 
-    Each of the scan's (BLOCK_D, N, BLOCK_L) fp32 tiles is spread over 32 * num_warps threads;
-    about 16 elements per thread keeps it in registers. Offline sm_90 compiles (ptxas, no GPU:
-    ``python -m model.kernels.bench_triton --compile-report``) of the bf16 kernel with N = 16
-    gave: (4, 32, 4 warps) 128 registers, (8, 16, 4) 96, (4, 64, 8) 147, (4, 64, 4) 254,
-    (8, 32, 2) 255 with a stack frame; none spilled. For channel-major inputs the tile is wide
-    in ED (16 channels = one 32-byte sector of bf16 per step) and 8 steps long. Not yet timed
-    on a GPU.
+    From sweeps on an H100 (bf16 and fp32, Bt 1 and 4, ED 1536-2048, N 16, L 2048-8192; 41
+    configs of BLOCK_D 1-32, BLOCK_L 8-256, 2-8 warps): BLOCK_D 8 and BLOCK_L 128 were best
+    throughout; 8 warps when B, C are contiguous along L (0.17 ms vs 0.25 with 4 warps), but
+    4 warps when they are strided (0.13 ms vs 0.67 with 8, at ED 1536 and L 2048: the model's
+    case). Shorter sequences get a shorter chunk and fewer warps (about 128 tile elements per
+    warp).
     """
-    block_n = triton.next_power_of_2(max(n_state, 1))
-    block_l = 8 if ed_contiguous else min(32, max(16, triton.next_power_of_2(length)))
-    block_d = max(1, min(triton.next_power_of_2(channels), 2048 // (block_n * block_l)))
-    return block_d, block_l, 4
+    block_l = min(128, max(16, triton.next_power_of_2(length)))
+    block_d = max(1, min(8, triton.next_power_of_2(channels)))
+    warps = max(1, min(8 if bc_unit_stride else 4, block_d * block_l // 128))
+    return block_d, block_l, warps
 
 
 def selective_scan(
@@ -248,7 +259,8 @@ def selective_scan(
             final_state.copy_(initial_state)
         return y, final_state
 
-    dflt_d, dflt_l, dflt_w = default_scan_blocks(channels, n_state, length, channel_major(u))
+    unit = length == 1 or (B.stride(2) == 1 and C.stride(2) == 1)
+    dflt_d, dflt_l, dflt_w = default_scan_blocks(channels, n_state, length, unit)
     block_d = block_d or dflt_d
     block_l = block_l or dflt_l
     grid = (triton.cdiv(channels, block_d), batch)
