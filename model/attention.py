@@ -143,8 +143,9 @@ class Attention(nn.Module):
             kv.v[:, :, inputs.start : end] = v
             # (B, Hkv, T, hd): views, no copy, unless the cache is kept in a lower precision
             k, v = kv.k[:, :, :end].to(q.dtype), kv.v[:, :, :end].to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )  # (B, H, L, hd)
+        with kernels.sdpa_backends(q):
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )  # (B, H, L, hd)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.num_heads * hd))

@@ -17,7 +17,7 @@ compiled on first use), Triton on CUDA, or the reference. Tests and benchmarks p
 ``python -m model.kernels.bench``.
 """
 
-from model.kernels.attention_decode import attention_decode, attention_decode_ref
+from model.kernels.attention_decode import attention_decode, attention_decode_ref, sdpa_backends
 from model.kernels.causal_conv1d import (
     causal_conv1d,
     causal_conv1d_ref,
@@ -90,6 +90,7 @@ __all__ = [
     "rms_norm_ref",
     "rope",
     "rope_ref",
+    "sdpa_backends",
     "selective_scan",
     "selective_scan_ref",
     "selective_state_update",
