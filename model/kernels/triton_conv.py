@@ -17,12 +17,12 @@ Update: one program per (batch row, channel block) reads the state window, write
 the window left by one with ``x`` appended. The shift reads entries that other threads of the
 same program overwrite, so a barrier separates all reads from the writes.
 
-STATUS: verified for correctness ONLY under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
-(tests/model/test_kernels_triton.py), and compiled offline for sm_80/sm_90 (no register
-spills; ``python -m model.kernels.bench_triton --compile-report``). GPU correctness at real
-sizes and speed were NOT measured in the session that wrote it (no GPU was available):
-``pytest -m gpu tests/model/test_kernels_triton.py`` checks the first and
-``python -m model.kernels.bench_triton`` times them.
+STATUS: GPU-verified on an H100 (torch 2.11, Triton 3.6, 2026-11-22):
+``pytest -m gpu tests/model/test_kernels_triton.py`` passes at real sizes in fp32/bf16/fp16, and ``python -m model.kernels.bench_triton`` times it
+against the references and against mamba-ssm / causal-conv1d built from source in the same run
+(numbers in that module's docstring). On the CPU the tests run it under ``TRITON_INTERPRET=1``.
+Measured: causal_conv1d 0.36-1.3x causal-conv1d's CUDA kernel (0.5x on contiguous
+bf16, level in fp32); the one-step update level with it or faster (1.0-3.7x, launch-bound).
 """
 
 from __future__ import annotations

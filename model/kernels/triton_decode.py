@@ -18,9 +18,12 @@ The reference runs about two dozen PyTorch ops per token and layer; the composed
 (``triton_backend.mamba_decode_step_composed``) about twenty launches. Weights are read once
 per token in their own dtype, everything is computed in fp32.
 
-STATUS: verified for correctness ONLY under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
-(tests/model/test_kernels_triton.py) and compiled offline for sm_80/sm_90. GPU correctness and
-speed were NOT measured in the session that wrote it (no GPU was available).
+STATUS: GPU-verified on an H100 (torch 2.11, Triton 3.6, 2026-11-22):
+``pytest -m gpu tests/model/test_kernels_triton.py`` passes at real sizes in fp32/bf16/fp16, and ``python -m model.kernels.bench_triton`` times it
+against the references and against mamba-ssm / causal-conv1d built from source in the same run
+(numbers in that module's docstring). On the CPU the tests run it under ``TRITON_INTERPRET=1``.
+Measured: 0.08-0.22 ms a step at ED 2048, R 128 (launch-bound), 2.7-6.4x faster than the
+composed step (separate kernels and PyTorch ops in between).
 """
 
 from __future__ import annotations

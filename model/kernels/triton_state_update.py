@@ -14,12 +14,12 @@ op is bandwidth-bound and there is nothing to tile. Each state element is stored
 loaded at the same address, so the in-place update needs no barrier. The state may be a strided
 view into a larger cache (e.g. one layer of a (layers, Bt, ED, N) buffer).
 
-STATUS: verified for correctness ONLY under ``TRITON_INTERPRET=1`` on the CPU with tiny shapes
-(tests/model/test_kernels_triton.py), and compiled offline for sm_80/sm_90 (no register
-spills; ``python -m model.kernels.bench_triton --compile-report``). GPU correctness at real
-sizes and speed were NOT measured in the session that wrote it (no GPU was available):
-``pytest -m gpu tests/model/test_kernels_triton.py`` checks the first and
-``python -m model.kernels.bench_triton`` times them.
+STATUS: GPU-verified on an H100 (torch 2.11, Triton 3.6, 2026-11-22):
+``pytest -m gpu tests/model/test_kernels_triton.py`` passes at real sizes in fp32/bf16/fp16, and ``python -m model.kernels.bench_triton`` times it
+against the references and against mamba-ssm / causal-conv1d built from source in the same run
+(numbers in that module's docstring). On the CPU the tests run it under ``TRITON_INTERPRET=1``.
+Measured: 0.006-0.04 ms a step at ED 2048, 3-24x faster than mamba-ssm's Triton
+``selective_state_update`` at these sizes (launch-bound; its wrapper does more work per call).
 """
 
 from __future__ import annotations
