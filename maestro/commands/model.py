@@ -48,6 +48,21 @@ Quantize = Annotated[
 ]
 
 
+class CacheDtype(StrEnum):
+    model = "model"
+    float16 = "float16"
+
+
+KVDtype = Annotated[
+    CacheDtype,
+    typer.Option(
+        "--kv-dtype",
+        help="The attention layers' K/V cache dtype: float16 halves its memory per token and "
+        "speeds up long-context decode (default: the model's dtype).",
+    ),
+]
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 
@@ -67,12 +82,14 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _load(model: str | None, dtype: str, quantize: str = "none") -> LanguageModel:
+def _load(model: str | None, dtype: str, quantize: str = "none",
+          kv_dtype: CacheDtype = CacheDtype.model) -> LanguageModel:
     from model import ModelError, load
 
+    kv = None if kv_dtype is CacheDtype.model else kv_dtype.value
     try:
         with _status("resolving model") as progress:
-            return load(model, dtype=dtype, quantize=quantize, progress=progress)
+            return load(model, dtype=dtype, quantize=quantize, kv_dtype=kv, progress=progress)
     except (ModelError, ValueError) as exc:
         raise _fail(exc) from exc
 
@@ -138,12 +155,13 @@ def generate(
     seed: Seed = None,
     dtype: Dtype = "float32",
     quantize: Quantize = Quantization.none,
+    kv_dtype: KVDtype = CacheDtype.model,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as one user message.")] = False,
 ) -> None:
     """Continue PROMPT, streaming the text to stdout."""
     from model import ModelError
 
-    lm = _load(model, dtype, quantize.value)
+    lm = _load(model, dtype, quantize.value, kv_dtype)
     sampling = dict(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:
         if chat:
@@ -167,11 +185,12 @@ def chat(
     seed: Seed = None,
     dtype: Dtype = "float32",
     quantize: Quantize = Quantization.none,
+    kv_dtype: KVDtype = CacheDtype.model,
 ) -> None:
     """A plain terminal chat. Commands: /reset (forget the conversation), /exit."""
     from model import ModelError
 
-    lm = _load(model, dtype, quantize.value)
+    lm = _load(model, dtype, quantize.value, kv_dtype)
     base = [{"role": "system", "content": system}] if system else []
     messages: list[dict[str, str]] = list(base)
     typer.echo(f"chatting with {lm.name} (/reset to forget, /exit or Ctrl-D to quit)", err=True)

@@ -140,9 +140,11 @@ class LocalModel(Model):
         engine: Any = None,
         prefix_cache_bytes: int = 256 * 2**20,
         quantize: str = "none",
+        kv_dtype: str | None = None,
     ) -> None:
         self.name_or_path = name_or_path
         self.quantize = quantize  # "none" | "int8" | "int4": weights stored quantised
+        self.kv_dtype = kv_dtype  # e.g. "float16": the attention K/V cache's dtype (None: dtype)
         self.model_name = name_or_path or "smollm2-135m-instruct"
         self.dtype = dtype
         self.device = device
@@ -182,6 +184,7 @@ class LocalModel(Model):
             return load(
                 self.name_or_path, dtype=self.dtype, device=self.device,
                 prefix_cache_bytes=self.prefix_cache_bytes, quantize=self.quantize,
+                kv_dtype=self.kv_dtype,
             )
         except Exception as exc:
             raise ModelError(f"cannot load {self.model_name!r}: {exc}") from exc

@@ -38,6 +38,7 @@ def cases(db: str) -> list[tuple[list[str], int, str]]:
         (["model", "pull", "no-such-model"], 1, "unknown model 'no-such-model'"),
         (["model", "generate", "--model", "/nonexistent/m.gguf", "hi"], 1, "/nonexistent/m.gguf"),
         (["model", "generate", "-q", "int3", "hi"], 2, "--quantize"),
+        (["model", "generate", "--kv-dtype", "int8", "hi"], 2, "--kv-dtype"),
     ]
 
 

@@ -146,6 +146,18 @@ async def test_cancelling_stops_generation_within_a_token() -> None:
     assert threading.active_count() < 50
 
 
+def test_load_options_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import model
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(model, "load", lambda name, **kw: seen.update(kw, name=name) or "engine")
+    lm = LocalModel("smollm2-135m-instruct", quantize="int4", kv_dtype="float16")
+    with allow_real_models():
+        assert lm.load_now() == "engine"
+    assert seen["name"] == "smollm2-135m-instruct"
+    assert (seen["quantize"], seen["kv_dtype"]) == ("int4", "float16")
+
+
 async def test_real_engine_is_blocked_in_tests() -> None:
     with pytest.raises(UserError, match="blocked"):
         await LocalModel().request([UserMessage("x")], ModelRequestOptions())
