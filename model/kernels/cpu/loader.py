@@ -4,7 +4,9 @@ Why compile at run time: the kernels are built with ``-march=native`` for the ma
 them (AVX-512 where present), which a portable wheel cannot do. The build is cached in torch's
 extensions directory (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a
 name that hashes the source, the compiler flags and the CPU's feature flags, so a cache shared
-between different machines never loads a binary built for another CPU.
+between different machines never loads a binary built for another CPU. Builds are serialised with
+an ``flock`` that the kernel releases when its holder dies, so a compile interrupted by a kill or
+a timeout never leaves the next process waiting forever on torch's own lock file.
 
 The C++ library registers ops in the ``model_kernels`` namespace (TORCH_LIBRARY); this module
 adds their fake (meta) implementations so ``torch.compile`` can trace through them, and returns
@@ -13,12 +15,14 @@ thin Python wrappers with the dispatchers' signatures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +76,45 @@ def _extension_name() -> str:
     return f"model_kernels_cpu_{digest.hexdigest()[:12]}"
 
 
+def _build_directory(name: str) -> Path:
+    """Where the extension is built: ``$TORCH_EXTENSIONS_DIR/<name>`` or torch's default root."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        from torch.utils import cpp_extension
+
+        version = f"py{sys.version_info.major}{sys.version_info.minor}"
+        root = os.path.join(cpp_extension.get_default_build_root(), f"{version}_cpu")
+    directory = Path(root) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@contextlib.contextmanager
+def _exclusive_build(directory: Path) -> Iterator[None]:
+    """Hold an flock on ``directory`` for one build, clearing a lock file a killed build left.
+
+    torch's ``cpp_extension`` guards a build with a plain ``lock`` file that only a clean exit
+    removes; a process killed mid-compile leaves it behind and every later process sleeps on it
+    forever. Every build of ours holds this flock, which the kernel drops when its holder dies, so
+    a ``lock`` file seen while holding it belongs to no running build and is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock file is all there is
+        yield
+        return
+    with open(directory / "build.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = directory / "lock"
+            if stale.exists():
+                logger.warning("removing %s, left by an interrupted build of the C++ kernels", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _compile() -> None:
     if not _SOURCE.exists():
         raise BackendUnavailable(f"missing kernel source {_SOURCE}")
@@ -84,15 +127,19 @@ def _compile() -> None:
         cpp_extension.verify_ninja_availability()
     except RuntimeError as exc:
         raise BackendUnavailable(f"ninja is not installed: {_FIX}") from exc
+    name = _extension_name()
+    directory = _build_directory(name)
     try:
-        cpp_extension.load(
-            name=_extension_name(),
-            sources=[str(_SOURCE)],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=_LDFLAGS,
-            is_python_module=False,
-            verbose=False,
-        )
+        with _exclusive_build(directory):
+            cpp_extension.load(
+                name=name,
+                sources=[str(_SOURCE)],
+                extra_cflags=_CFLAGS,
+                extra_ldflags=_LDFLAGS,
+                build_directory=str(directory),
+                is_python_module=False,
+                verbose=False,
+            )
     except Exception as exc:  # compiler errors surface as RuntimeError/CalledProcessError
         raise BackendUnavailable(f"compiling {_SOURCE.name} failed ({exc}); {_FIX}") from exc
 
