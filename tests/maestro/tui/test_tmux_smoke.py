@@ -129,7 +129,12 @@ def test_default_model_answers(terminal: Callable[..., Terminal], tmp_path: Path
     term = terminal("--no-tools")
     term.wait_for(lambda s: "smollm2-135m-instruct  ready" in s, 300, "the model to load")
     term.send("Say hello in one short sentence.", "Enter")
-    screen = term.wait_for(lambda s: "completed" in s or "failed" in s, 300, "the run to finish")
+    # The title says "completed" a moment before the model status leaves "generating" (the
+    # answer bubble is finished first), so wait for both.
+    screen = term.wait_for(
+        lambda s: "failed" in s or ("completed" in s and "smollm2-135m-instruct  ready" in s),
+        300, "the run to finish and the model status to settle",
+    )
     assert "completed" in screen, screen
     # The model status reports speed and the prefix cache the TUI turned on.
     assert re.search(r"\d+\.\d tok/s", screen), screen
