@@ -54,6 +54,7 @@ from model.layers import (
     cached_by_identity,
     expert_projections,
     fused,
+    note_change,
     projection_tensors,
 )
 from model.mamba import MambaMixer
@@ -88,6 +89,10 @@ class Block(nn.Module):
         ):
             return self._decode(h, attn, pad, state)
         return self._ffn(self._mixer(h, attn, pad, state))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own
+        note_change()  # .to()/.half() swap the tensors' data: re-check the cached decode args
+        return super()._apply(fn, recurse)
 
     def _mixer(
         self, h: torch.Tensor, attn: AttentionInputs, pad: torch.Tensor | None,
@@ -148,9 +153,12 @@ class Block(nn.Module):
         mixer, ffn = mods["mixer"], mods["ffn"]
         if not isinstance(mixer, Attention) or not isinstance(ffn, MLP):
             return None
-        mm, fm = mixer._modules, ffn._modules
-        parts = [mm["q_proj"], mm["k_proj"], mm["v_proj"], mm["o_proj"], fm["gate_proj"],
-                 fm["up_proj"], fm["down_proj"], mods["mixer_norm"], mods["ffn_norm"]]
+
+        def parts() -> list[nn.Module]:
+            mm, fm = mixer._modules, ffn._modules
+            return [mm["q_proj"], mm["k_proj"], mm["v_proj"], mm["o_proj"], fm["gate_proj"],
+                    fm["up_proj"], fm["down_proj"], mods["mixer_norm"], mods["ffn_norm"]]
+
         return cached_by_identity(self, "_decode_step_args", parts, self._build_decode_step)
 
     def _build_decode_step(self) -> tuple[object, ...] | None:
@@ -173,12 +181,15 @@ class Block(nn.Module):
         mixer = self._modules["mixer"]
         if not isinstance(mixer, MambaMixer):
             return None
-        mm = mixer._modules
-        parts: list[nn.Module | torch.Tensor] = [
-            mm["in_proj"], mm["x_proj"], mm["dt_proj"], mm["out_proj"], mm["dt_layernorm"],
-            mm["b_layernorm"], mm["c_layernorm"], self._modules["mixer_norm"],
-        ]
-        parts += [t for t in mixer._parameters.values() if t is not None]  # conv, A_log, D
+
+        def parts() -> list[nn.Module | torch.Tensor]:
+            mm = mixer._modules
+            found: list[nn.Module | torch.Tensor] = [
+                mm["in_proj"], mm["x_proj"], mm["dt_proj"], mm["out_proj"], mm["dt_layernorm"],
+                mm["b_layernorm"], mm["c_layernorm"], self._modules["mixer_norm"],
+            ]
+            return found + [t for t in mixer._parameters.values() if t is not None]  # conv, A_log, D
+
         return cached_by_identity(self, "_mamba_step_args", parts, self._build_mamba_step)
 
     def _build_mamba_step(self) -> tuple[object, ...] | None:
@@ -202,10 +213,14 @@ class Block(nn.Module):
         ffn = self._modules["ffn"]
         if not isinstance(ffn, MoE):
             return None
-        parts: list[nn.Module | torch.Tensor] = [ffn._modules["router"], self._modules["ffn_norm"]]
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            stack = ffn._parameters.get(name)
-            parts.append(stack if stack is not None else ffn._modules[name])
+
+        def parts() -> list[nn.Module | torch.Tensor]:
+            found: list[nn.Module | torch.Tensor] = [ffn._modules["router"], self._modules["ffn_norm"]]
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                stack = ffn._parameters.get(name)
+                found.append(stack if stack is not None else ffn._modules[name])
+            return found
+
         return cached_by_identity(self, "_moe_step_args", parts, self._build_moe_step)
 
     def _build_moe_step(self) -> tuple[object, ...] | None:
@@ -256,6 +271,10 @@ class CausalLM(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own
+        note_change()  # .to()/.half() swap the tensors' data: re-check the cached decode args
+        return super()._apply(fn, recurse)
 
     def new_cache(
         self, batch_size: int, max_len: int, kv_dtype: torch.dtype | None = None

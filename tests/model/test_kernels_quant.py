@@ -266,6 +266,37 @@ def test_jamba_decode_ops_follow_replaced_weights(monkeypatch):
     torch.testing.assert_close(fused_ops, decode(), rtol=1e-4, atol=1e-4)
 
 
+def test_cached_decode_args_are_rechecked_only_after_a_change(monkeypatch):
+    """Steady decode steps reuse the cached sublayer arguments without looking at their parts
+    again; converting the model's tensors (what ``.to()`` does, here scaling every weight)
+    makes them re-checked and rebuilt, and decode then equals the modules on the new weights."""
+    from model import layers
+    from model.transformer import Block
+
+    model = _perturbed_tiny_jamba(seed=14).requires_grad_(False)
+    ids = torch.randint(3, 256, (2, 6), generator=torch.Generator().manual_seed(15))
+
+    def decode() -> torch.Tensor:
+        with torch.inference_mode():
+            cache = model.new_cache(2, 8)
+            model(ids[:, :3], cache=cache)
+            return torch.cat([model(ids[:, t : t + 1], cache=cache) for t in range(3, 6)], 1)
+
+    decode()  # builds the cached arguments
+    checks: list[int] = []
+    real = layers.same_identity
+    monkeypatch.setattr(layers, "same_identity", lambda key, parts: checks.append(1) or real(key, parts))
+    before = decode()
+    assert checks == []
+    model._apply(lambda t: t * 1.5 if t.is_floating_point() else t)
+    fused_ops = decode()
+    assert checks  # looked again, found the new tensors, rebuilt
+    assert not torch.allclose(fused_ops, before)
+    for name in ("_decode_step", "_mamba_step", "_moe_step"):
+        monkeypatch.setattr(Block, name, lambda self: None)
+    torch.testing.assert_close(fused_ops, decode(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["llama", "jamba"])
 def test_a_half_precision_kv_cache_decodes_like_fp32(backend, family, checkpoint_factory):
     """``new_cache(kv_dtype=torch.float16)`` holds half the KV bytes; prefill and decode through
