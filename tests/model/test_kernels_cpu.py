@@ -209,14 +209,23 @@ def _mixer_weights(channels, n_state, rank, width, seed, dtype=torch.float32):
     )
 
 
-@pytest.mark.parametrize("with_norms", [True, False])
-def test_mamba_decode_step_fp32(with_norms):
-    batch, channels, n_state, rank, width = 2, 72, 16, 6, 4
+@pytest.mark.parametrize(
+    ("with_norms", "channels", "width", "size", "n_state"),
+    [
+        (True, 72, 4, 3, 16),
+        (False, 72, 4, 3, 16),
+        (True, 600, 4, 3, 16),  # Mamba's width-4 conv loop, on both threads (1200 rows)
+        (True, 600, 4, 4, 16),  # ... with Hugging Face's K-entry conv state
+        (True, 600, 3, 2, 12),  # the general conv loop and scan step
+    ],
+)
+def test_mamba_decode_step_fp32(with_norms, channels, width, size, n_state):
+    batch, rank = 2, 6
     weights = _mixer_weights(channels, n_state, rank, width, 7)
     if not with_norms:
         weights.update(dt_norm_weight=None, b_norm_weight=None, c_norm_weight=None)
     g = torch.Generator().manual_seed(8)
-    conv0 = torch.randn(batch, channels, width - 1, generator=g)
+    conv0 = torch.randn(batch, channels, size, generator=g)
     ssm0 = torch.randn(batch, channels, n_state, generator=g)
     conv_f, ssm_f, conv_r, ssm_r = conv0.clone(), ssm0.clone(), conv0.clone(), ssm0.clone()
     for step in range(3):  # several steps: the states carry over
