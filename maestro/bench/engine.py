@@ -19,8 +19,8 @@ Metrics: prefill tokens/s at each prompt length; decode tokens/s after a context
 after N tokens divided by N; the Mamba state is fixed-size, so a hybrid's number falls with N),
 and the cache a 32k-token context would hold, extrapolated linearly from two measured lengths;
 the decode bandwidth bound (bytes of the weights one token reads / this machine's read
-bandwidth, measured in the same run); peak RSS of a process that loads one engine and prefills
-the longest prompt.
+bandwidth, a 1 GiB sum probed between the decode repetitions it is compared with); peak RSS of
+a process that loads one engine and prefills the longest prompt.
 
 Speed is measured with all of a model's engines loaded in one process and run alternately on
 the same inputs (median of ``reps``), so a change in machine load hits every engine; peak RSS
@@ -166,13 +166,10 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def _read_bandwidth() -> float:
-    """Bytes/s this process reads from memory (best of 5 sums over a 1 GiB fp32 tensor)."""
-    import torch
-
-    data = torch.ones(2**28)
-    best = min(_timed(data.sum) for _ in range(5))
-    return data.nbytes / best
+def _read_bandwidth(data: Any) -> float:
+    """Bytes/s this process reads from memory: best of 3 sums over ``data`` (1 GiB fp32)."""
+    best = min(_timed(data.sum) for _ in range(3))
+    return float(data.nbytes / best)
 
 
 def _decode_weight_bytes(model: Any) -> int:
@@ -251,7 +248,10 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
 
     Alternating (and taking the median of ``reps``) keeps a change in machine load from landing
     on one engine only: all see the same conditions, so the ratios stay meaningful on a
-    shared machine. Decode is timed right after the prefill of the same prompt.
+    shared machine. Decode is timed right after the prefill of the same prompt. After each
+    repetition with decode, the read bandwidth is probed too (``bandwidth_bytes_per_s``, the
+    median per context length): the decode's bandwidth bound then comes from the same minutes
+    as the decode it is compared with (this VM's bandwidth drifts between ~30 and ~45 GB/s).
     """
     import statistics
 
@@ -262,6 +262,8 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
     out: dict[str, Any] = {
         name: {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}} for name in engines
     }
+    out["bandwidth_bytes_per_s"] = {}
+    probe = torch.ones(2**28)
     with torch.inference_mode():
         warm = torch.randint(0, vocab, (1, plan["prefill"][0]), generator=gen)
         for engine in engines.values():  # allocator, thread pools, kernels compiled on first use
@@ -271,12 +273,17 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
             prefill: dict[str, list[float]] = {name: [] for name in engines}
             decode: dict[str, list[float]] = {name: [] for name in engines}
             with_decode = length in plan["decode_after"]
+            bandwidth: list[float] = []
             for _ in range(reps):
                 for name, engine in engines.items():
                     prefill_s, decode_s, nbytes = engine.run(ids, steps if with_decode else 0)
                     prefill[name].append(prefill_s)
                     decode[name].append(decode_s)
                     out[name]["cache_bytes_per_token"][length] = nbytes / length
+                if with_decode:
+                    bandwidth.append(_read_bandwidth(probe))
+            if with_decode:
+                out["bandwidth_bytes_per_s"][length] = statistics.median(bandwidth)
             for name in engines:
                 if length in plan["prefill"]:
                     out[name]["prefill"][length] = length / statistics.median(prefill[name])
@@ -421,7 +428,6 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             name: _Ours(m) if name.startswith("ours") else _Transformers(m) for name, m in models.items()
         }
         result = _interleaved({name: engines[name] for name in _engines(which)}, vocab, plan)
-        result["bandwidth_bytes_per_s"] = _read_bandwidth()
         for name, m in models.items():
             if name.startswith("ours"):
                 result[name]["decode_weight_bytes"] = _decode_weight_bytes(m)
@@ -523,7 +529,7 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
         rows.add(f"{model} decode after {last} vs after {first} (ours fp32)", "tok/s",
                  _at(ours, "decode", last), _at(ours, "decode", first), f"ours after {first}",
                  target=0.9 if model == "jamba-300m" else None)
-    bandwidth = get(f"{model}/speed", {}).get("bandwidth_bytes_per_s")
+    bandwidth = get(f"{model}/speed", {}).get("bandwidth_bytes_per_s", {}).get(first)
     weight_bytes = ours.get("decode_weight_bytes")
     if bandwidth and weight_bytes:
         rows.add(f"{model} decode after {first} fp32 vs bandwidth bound", "tok/s",
