@@ -26,10 +26,11 @@ matters.
 A plain decode step (one token per row, at most 8 rows, fp32 on the CPU, no padding or sliding
 window in the way) runs each attention + MLP layer (every Llama-family layer, and Jamba's
 attention layers that have a dense MLP) as ONE ``kernels.decoder_layer_decode`` op over the
-fused q|k|v and gate|up projections (``model.layers.fused``), and Jamba's Mamba mixers and MoE
-blocks as one ``kernels.mamba_mixer_decode`` / ``kernels.moe_decode`` op each (norm and
-residual included): per-op Python dispatch, not arithmetic, was most of a small model's decode
-time, and half of the hybrid's with quantised weights.
+fused q|k|v and gate|up projections (``model.layers.fused``), and Jamba's Mamba mixers, MoE
+blocks and the dense MLPs of its Mamba layers as one ``kernels.mamba_mixer_decode`` /
+``kernels.moe_decode`` / ``kernels.mlp_decode`` op each (norm and residual included): per-op
+Python dispatch, not arithmetic, was most of a small model's decode time, and half of the
+hybrid's with quantised weights.
 
 ``CausalLM(config)`` leaves the weights uninitialised: build models with ``model.hf.build_model``
 or ``model.hf.load_hf_dir`` (or the GGUF loader, which goes through ``build_model``).
@@ -135,10 +136,13 @@ class Block(nn.Module):
                     *weights[5:],
                 )
         moe = self._moe_step()
-        if moe is None:
+        if moe is not None:
+            ffn, norm, router, *stacks = moe
+            return kernels.moe_decode(h, norm, self.ffn_norm.eps, router, ffn.top_k, *stacks)
+        mlp = self._mlp_step()
+        if mlp is None:
             return self._ffn(h)
-        ffn, norm, router, *stacks = moe
-        return kernels.moe_decode(h, norm, self.ffn_norm.eps, router, ffn.top_k, *stacks)
+        return kernels.mlp_decode(h, *mlp)
 
     def _decode_step(self) -> tuple[object, ...] | None:
         """The weights ``kernels.decoder_layer_decode`` takes (norms, eps, then qkv, o, gate_up
@@ -172,6 +176,31 @@ class Block(nn.Module):
         if any(p is None for p in projections):
             return None
         return (self.mixer_norm.weight, self.ffn_norm.weight, self.mixer_norm.eps, *projections)
+
+    def _mlp_step(self) -> tuple[object, ...] | None:
+        """What ``kernels.mlp_decode`` takes besides h (norm weight, eps, gate|up and down), or
+        None when the FFN is not a dense MLP or cannot be fused. Cached as in
+        :meth:`_decode_step`."""
+        ffn = self._modules["ffn"]
+        if not isinstance(ffn, MLP):
+            return None
+
+        def parts() -> list[nn.Module]:
+            fm = ffn._modules
+            return [fm["gate_proj"], fm["up_proj"], fm["down_proj"], self._modules["ffn_norm"]]
+
+        return cached_by_identity(self, "_mlp_step_args", parts, self._build_mlp_step)
+
+    def _build_mlp_step(self) -> tuple[object, ...] | None:
+        ffn = self.ffn
+        assert isinstance(ffn, MLP)
+        gate_up = fused(ffn, ("gate_proj", "up_proj"))
+        if gate_up is None:
+            return None
+        projections = [projection_tensors(gate_up), projection_tensors(ffn.down_proj)]
+        if any(p is None for p in projections):
+            return None
+        return (self.ffn_norm.weight, self.ffn_norm.eps, *projections)
 
     def _mamba_step(self) -> tuple[object, ...] | None:
         """What ``kernels.mamba_mixer_decode`` takes besides h and the states, with the mixer

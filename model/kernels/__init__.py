@@ -6,8 +6,8 @@ out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantise
 by :mod:`model.quant`), ``rms_norm``, ``rope``, ``linear`` (a multi-threaded matvec for decode), ``silu_mul`` (SwiGLU's
 activation on a fused gate|up projection), ``attention_decode`` (one attention decode step over
 the KV cache, RoPE and cache write included), ``decoder_layer_decode`` (a whole Llama-family
-layer for one decode step), ``mamba_mixer_decode`` and ``moe_decode`` (Jamba's Mamba mixer and
-MoE sublayers for one decode step, norm and residual included).
+layer for one decode step), ``mamba_mixer_decode``, ``moe_decode`` and ``mlp_decode`` (Jamba's
+Mamba mixer, MoE and dense MLP sublayers for one decode step, norm and residual included).
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -35,6 +35,8 @@ from model.kernels.dispatch import (
 from model.kernels.hybrid_decode import (
     mamba_mixer_decode,
     mamba_mixer_decode_ref,
+    mlp_decode,
+    mlp_decode_ref,
     moe_decode,
     moe_decode_ref,
 )
@@ -81,6 +83,8 @@ __all__ = [
     "mamba_decode_step_ref",
     "mamba_mixer_decode",
     "mamba_mixer_decode_ref",
+    "mlp_decode",
+    "mlp_decode_ref",
     "moe_decode",
     "moe_decode_ref",
     "op_backends",

@@ -1,4 +1,5 @@
-"""Jamba's other decode sublayers as one op each: the Mamba mixer half and the MoE half.
+"""Jamba's other decode sublayers as one op each: the Mamba mixer half, the MoE half, and the
+dense MLP half of a Mamba layer.
 
     mamba_mixer_decode: h (B, 1, D) fp32 -> h + out_proj(y), where
         x|z = in_proj(rms_norm(h, norm)) ; y = mamba_decode_step(x, z, conv_state, ssm_state, ...)
@@ -7,6 +8,8 @@
         where x = rms_norm(h, norm) and p = softmax(x @ router^T) in fp32 over ALL E experts,
         not renormalised over the top k (Jamba's router); slots in descending p. (Exactly tied
         probabilities may route to either expert, as with ``torch.topk``.)
+    mlp_decode: h (B, 1, D) fp32 -> h + down(silu(g) * u), where g|u = gate_up(rms_norm(h, norm))
+        (the fused gate|up projection of ``model.layers.fused``).
 
 Projections are lists ``[weight, scale, minimum, bias]`` as in :mod:`model.kernels.decoder_layer`
 (fp32, int8 or packed 4-bit); an expert stack is one flat list of 4 * E such entries, expert 0
@@ -28,6 +31,7 @@ from model.kernels.decoder_layer import Projection, projection_ref
 from model.kernels.dispatch import implementation, register_reference
 from model.kernels.mamba_decode import mamba_decode_step_ref
 from model.kernels.rms_norm import rms_norm_ref
+from model.kernels.silu_mul import silu_mul_ref
 
 
 def mamba_mixer_decode_ref(
@@ -86,8 +90,17 @@ def moe_decode_ref(
     return h + torch.cat(rows)[:, None, :]
 
 
+def mlp_decode_ref(
+    h: torch.Tensor, norm: torch.Tensor, eps: float, gate_up: Projection, down: Projection
+) -> torch.Tensor:
+    """Reference: the MLP half from the other ops' references."""
+    x = projection_ref(rms_norm_ref(h, norm, eps), gate_up)
+    return h + projection_ref(silu_mul_ref(x), down)
+
+
 register_reference("mamba_mixer_decode", mamba_mixer_decode_ref)
 register_reference("moe_decode", moe_decode_ref)
+register_reference("mlp_decode", mlp_decode_ref)
 
 
 def mamba_mixer_decode(
@@ -128,3 +141,10 @@ def moe_decode(
 ) -> torch.Tensor:
     """moe_decode on the active backend; same contract as the reference."""
     return implementation("moe_decode", h.device.type)(h, norm, eps, router, top_k, gate, up, down)
+
+
+def mlp_decode(
+    h: torch.Tensor, norm: torch.Tensor, eps: float, gate_up: Projection, down: Projection
+) -> torch.Tensor:
+    """mlp_decode on the active backend; same contract as the reference."""
+    return implementation("mlp_decode", h.device.type)(h, norm, eps, gate_up, down)

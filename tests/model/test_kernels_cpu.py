@@ -598,6 +598,27 @@ def test_moe_decode(kind, batch, top_k):
     _assert_fp32(f"moe {kind}", y, kernels.moe_decode_ref(*args), tol=1e-5)
 
 
+def _mlp_args(g, kind: str, batch: int, bias: bool) -> tuple:
+    dim, inter = 64, 96
+    h = torch.randn(batch, 1, dim, generator=g)
+    norm = 1 + 0.1 * torch.randn(dim, generator=g)
+    gate_up = _projection(g, kind, 2 * inter, dim, bias)
+    return h, norm, 1e-6, gate_up, _projection(g, kind, dim, inter, bias)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize(("batch", "bias"), [(1, False), (3, True)])
+def test_mlp_decode(kind, batch, bias):
+    """The dense MLP sublayer op against its reference, for every weight format; h is left as
+    it was (the op returns a new h)."""
+    args = _mlp_args(torch.Generator().manual_seed(28), kind, batch, bias)
+    h = args[0].clone()
+    y = kernels.mlp_decode(*args)
+    assert y.shape == h.shape
+    torch.testing.assert_close(args[0], h, rtol=0, atol=0)
+    _assert_fp32(f"mlp {kind}", y, kernels.mlp_decode_ref(*args), tol=1e-5)
+
+
 def test_jamba_sublayer_ops_refuse_bad_arguments():
     g = torch.Generator().manual_seed(25)
     args = list(_mamba_mixer_args(g, "fp32", 1, False))
@@ -616,6 +637,14 @@ def test_jamba_sublayer_ops_refuse_bad_arguments():
     moe[4] = 6
     with pytest.raises(RuntimeError, match=r"top_k must be in \[1, E\]"):
         kernels.moe_decode(*moe)
+    mlp = list(_mlp_args(g, "fp32", 1, False))
+    mlp[4] = _projection(g, "fp32", 64, 100, False)  # down for the wrong I
+    with pytest.raises(RuntimeError, match="down takes 100 inputs"):
+        kernels.mlp_decode(*mlp)
+    mlp = list(_mlp_args(g, "fp32", 1, False))
+    mlp[3] = _projection(g, "fp32", 191, 64, False)  # an odd gate|up
+    with pytest.raises(RuntimeError, match="gate_up must have 2I outputs"):
+        kernels.mlp_decode(*mlp)
 
 
 def test_jamba_sublayer_ops_pass_opcheck():
@@ -624,6 +653,7 @@ def test_jamba_sublayer_ops_pass_opcheck():
     ops = torch.ops.model_kernels
     torch.library.opcheck(ops.mamba_mixer_decode, _mamba_mixer_args(g, "int8", 2, True))
     torch.library.opcheck(ops.moe_decode, _moe_args(g, "int4", 2))
+    torch.library.opcheck(ops.mlp_decode, _mlp_args(g, "fp32", 2, True))
 
 
 @pytest.mark.parametrize("layer", [False, True])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from model import kernels
-from model.config import ModelConfig
+from model.config import LayerSpec, ModelConfig
 from model.quant import (
     QuantExperts,
     QuantLinear,
@@ -200,8 +200,9 @@ def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factor
 
 @pytest.mark.parametrize("mode", ["none", "int8", "int4"])
 def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
-    """On the hybrid, a decode step runs each Mamba mixer as one ``mamba_mixer_decode`` op and
-    each MoE as one ``moe_decode`` op (the tiny Jamba has both, plus attention layers). It must
+    """On the hybrid, a decode step runs each Mamba mixer as one ``mamba_mixer_decode`` op, each
+    MoE as one ``moe_decode`` op and the dense MLP of a Mamba layer as one ``mlp_decode`` op
+    (the tiny Jamba has all three, plus an attention layer). It must
     give what the modules give one by one, with batch rows routed to different experts, and
     in fp32 continue the cache as the full forward does (to 1e-4)."""
     from model.transformer import Block
@@ -210,7 +211,8 @@ def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
     ids = torch.randint(3, 256, (3, 9), generator=torch.Generator().manual_seed(7))
     mamba_layers = sum(b.spec.mixer == "mamba" for b in model.layers)
     moe_layers = sum(b.spec.ffn == "moe" for b in model.layers)
-    assert mamba_layers and moe_layers
+    mamba_mlp_layers = sum(b.spec == LayerSpec("mamba", "mlp") for b in model.layers)
+    assert mamba_layers and moe_layers and mamba_mlp_layers
 
     def decode() -> torch.Tensor:
         with torch.inference_mode():
@@ -219,7 +221,7 @@ def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
             steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 9)]
         return torch.cat(steps, 1)
 
-    calls = {"mamba_mixer_decode": 0, "moe_decode": 0}
+    calls = {"mamba_mixer_decode": 0, "moe_decode": 0, "mlp_decode": 0}
     routes: list[int] = []  # per MoE call, how many different expert sets its rows go to
 
     def route(h, norm, eps, router, top_k, *stacks):
@@ -231,10 +233,12 @@ def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
         monkeypatch.setattr(kernels, name, lambda *a, _n=name, _f=real: calls.update(
             {_n: calls[_n] + 1}) or (_n == "moe_decode" and route(*a)) or _f(*a))
     fused_ops = decode()
-    assert calls == {"mamba_mixer_decode": 5 * mamba_layers, "moe_decode": 5 * moe_layers}
+    assert calls == {"mamba_mixer_decode": 5 * mamba_layers, "moe_decode": 5 * moe_layers,
+                     "mlp_decode": 5 * mamba_mlp_layers}
     assert max(routes) > 1
     monkeypatch.setattr(Block, "_mamba_step", lambda self: None)
     monkeypatch.setattr(Block, "_moe_step", lambda self: None)
+    monkeypatch.setattr(Block, "_mlp_step", lambda self: None)
     modules = decode()
     torch.testing.assert_close(fused_ops, modules, rtol=1e-4, atol=1e-4)
     if mode == "none":

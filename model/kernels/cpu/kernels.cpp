@@ -1661,6 +1661,26 @@ Proj make_proj(const c10::List<std::optional<Tensor>>& parts, const char* op, co
   return p;
 }
 
+// h (batch, D) += down(silu(g) * u), g|u = gate_up(rms_norm(h, norm)): the MLP half of a layer.
+void mlp_half(float* hp, int64_t batch, int64_t dim, const float* norm, float eps, const Proj& gu,
+              const Proj& down) {
+  const int64_t inter = gu.n_out / 2;
+  std::vector<float> x(batch * dim), proj(batch * gu.n_out), act(batch * inter), back(batch * dim);
+  rms_norm_rows(hp, norm, x.data(), batch, dim, eps);
+  gu.apply(x.data(), batch, proj.data());
+  {
+    FlushDenormals ftz;
+    for (int64_t b = 0; b < batch; ++b) {
+      const float *g = proj.data() + b * 2 * inter, *u = g + inter;
+      float* a = act.data() + b * inter;
+#pragma omp simd
+      for (int64_t i = 0; i < inter; ++i) a[i] = silu(g[i]) * u[i];
+    }
+  }
+  down.apply(act.data(), batch, back.data());
+  for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
+}
+
 Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tensor& ffn_norm,
                             double eps, const c10::List<std::optional<Tensor>>& qkv,
                             const c10::List<std::optional<Tensor>>& o,
@@ -1687,16 +1707,15 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
   TORCH_CHECK(p_o.n_out == dim, "decoder_layer_decode: o must have D outputs");
   const Proj p_gu = make_proj(gate_up, "decoder_layer_decode", "gate_up", dim);
   TORCH_CHECK(p_gu.n_out % 2 == 0, "decoder_layer_decode: gate_up must have 2I outputs");
-  const int64_t inter = p_gu.n_out / 2;
-  const Proj p_down = make_proj(down, "decoder_layer_decode", "down", inter);
+  const Proj p_down = make_proj(down, "decoder_layer_decode", "down", p_gu.n_out / 2);
   TORCH_CHECK(p_down.n_out == dim, "decoder_layer_decode: down must have D outputs");
   const auto [cc, sc] = rope_tables(cos, sin, batch, hd, "decoder_layer_decode");
   const bool rotary = cc.defined();
   const Tensor an = attn_norm.contiguous(), fn = ffn_norm.contiguous();
   Tensor out = h.contiguous().clone();
   float* hp = out.data_ptr<float>();
-  std::vector<float> x(batch * dim), proj(batch * std::max(p_qkv.n_out, p_gu.n_out)),
-      mixed(batch * std::max(heads * hd, inter)), back(batch * dim);
+  std::vector<float> x(batch * dim), proj(batch * p_qkv.n_out), mixed(batch * heads * hd),
+      back(batch * dim);
   const float feps = static_cast<float>(eps);
   // Attention half.
   rms_norm_rows(hp, an.data_ptr<float>(), x.data(), batch, dim, feps);
@@ -1710,20 +1729,7 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
   });
   p_o.apply(mixed.data(), batch, back.data());
   for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
-  // MLP half.
-  rms_norm_rows(hp, fn.data_ptr<float>(), x.data(), batch, dim, feps);
-  p_gu.apply(x.data(), batch, proj.data());
-  {
-    FlushDenormals ftz;
-    for (int64_t b = 0; b < batch; ++b) {
-      const float *g = proj.data() + b * 2 * inter, *u = g + inter;
-      float* a = mixed.data() + b * inter;
-#pragma omp simd
-      for (int64_t i = 0; i < inter; ++i) a[i] = silu(g[i]) * u[i];
-    }
-  }
-  p_down.apply(mixed.data(), batch, back.data());
-  for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
+  mlp_half(hp, batch, dim, fn.data_ptr<float>(), feps, p_gu, p_down);
   return out;
 }
 
@@ -1731,6 +1737,8 @@ Tensor decoder_layer_decode(const Tensor& h, const Tensor& attn_norm, const Tens
 // Jamba's other decode sublayers, one op each (why: as for decoder_layer_decode):
 //   mamba_mixer_decode: h + out_proj(mamba_decode_step(in_proj(rms_norm(h)))), both states
 //                       updated in place;
+//   mlp_decode:         h + down(silu(g) * u), g|u = gate_up(rms_norm(h)): the dense MLP of a
+//                       Mamba layer (an attention layer's is inside decoder_layer_decode);
 //   moe_decode:         h + sum over the top-k experts e of p_e * down_e(silu(gate_e(x)) * up_e(x)),
 //                       x = rms_norm(h), p = softmax(router @ x) over ALL experts, not renormalised.
 // An expert stack is a list of 4 * E tensors: [weight, scale, minimum, bias] of each expert.
@@ -1776,6 +1784,22 @@ Tensor mamba_mixer_decode(const Tensor& h, const Tensor& norm, double eps,
       b_norm_weight, c_norm_weight, eps);
   p_out.apply(y.data_ptr<float>(), batch, back.data());
   for (int64_t i = 0; i < batch * dim; ++i) hp[i] += back[i];
+  return out;
+}
+
+Tensor mlp_decode(const Tensor& h, const Tensor& norm, double eps,
+                  const c10::List<std::optional<Tensor>>& gate_up,
+                  const c10::List<std::optional<Tensor>>& down) {
+  constexpr const char* op = "mlp_decode";
+  Tensor out = decode_output(h, norm, op);
+  const int64_t batch = h.size(0), dim = h.size(2);
+  const Proj p_gu = make_proj(gate_up, op, "gate_up", dim);
+  TORCH_CHECK(p_gu.n_out % 2 == 0, op, ": gate_up must have 2I outputs");
+  const Proj p_down = make_proj(down, op, "down", p_gu.n_out / 2);
+  TORCH_CHECK(p_down.n_out == dim, op, ": down must have D outputs");
+  const Tensor nw = norm.contiguous();
+  mlp_half(out.data_ptr<float>(), batch, dim, nw.data_ptr<float>(), static_cast<float>(eps), p_gu,
+           p_down);
   return out;
 }
 
@@ -1906,6 +1930,8 @@ TORCH_LIBRARY(model_kernels, m) {
       "Tensor? dt_norm_weight, Tensor? b_norm_weight, Tensor? c_norm_weight, "
       "Tensor?[] out_proj) -> Tensor");
   m.def(
+      "mlp_decode(Tensor h, Tensor norm, float eps, Tensor?[] gate_up, Tensor?[] down) -> Tensor");
+  m.def(
       "moe_decode(Tensor h, Tensor norm, float eps, Tensor router, int top_k, Tensor?[] gate, "
       "Tensor?[] up, Tensor?[] down) -> Tensor");
   m.def(
@@ -1928,5 +1954,6 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("decoder_layer_decode", &decoder_layer_decode);
   m.impl("attention_decode", &attention_decode);
   m.impl("mamba_mixer_decode", &mamba_mixer_decode);
+  m.impl("mlp_decode", &mlp_decode);
   m.impl("moe_decode", &moe_decode);
 }

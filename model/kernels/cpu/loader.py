@@ -207,6 +207,10 @@ def _register_fakes() -> None:
                      b_norm_weight, c_norm_weight, out_proj):
         return torch.empty_like(h, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake(lib + "mlp_decode")
+    def _mlp(h, norm, eps, gate_up, down):
+        return torch.empty_like(h, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake(lib + "moe_decode")
     def _moe(h, norm, eps, router, top_k, gate, up, down):
         return torch.empty_like(h, memory_format=torch.contiguous_format)
@@ -357,7 +361,18 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return moe_decode_ref(h, norm, eps, router, top_k, gate, up, down)
         return ops.moe_decode(h, norm, float(eps), router, int(top_k), gate, up, down)
 
+    def mlp_decode(h, norm, eps, gate_up, down):
+        if not (
+            h.dtype == norm.dtype == torch.float32
+            and gate_up[0].dtype in _LAYER_WEIGHT_DTYPES and down[0].dtype in _LAYER_WEIGHT_DTYPES
+        ):
+            from model.kernels.hybrid_decode import mlp_decode_ref
+
+            return mlp_decode_ref(h, norm, eps, gate_up, down)
+        return ops.mlp_decode(h, norm, float(eps), gate_up, down)
+
     return {
+        "mlp_decode": mlp_decode,
         "mamba_mixer_decode": mamba_mixer_decode,
         "moe_decode": moe_decode,
         "decoder_layer_decode": decoder_layer_decode,
