@@ -7,7 +7,8 @@ by :mod:`model.quant`), ``rms_norm``, ``rope``, ``linear`` (a multi-threaded mat
 activation on a fused gate|up projection), ``attention_decode`` (one attention decode step over
 the KV cache, RoPE and cache write included), ``decoder_layer_decode`` (a whole Llama-family
 layer for one decode step), ``mamba_mixer_decode``, ``moe_decode`` and ``mlp_decode`` (Jamba's
-Mamba mixer, MoE and dense MLP sublayers for one decode step, norm and residual included).
+Mamba mixer, MoE and dense MLP sublayers for one decode step, norm and residual included),
+``new_decode_plan`` (a model's whole decode step as one call; None on the reference).
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -24,6 +25,7 @@ from model.kernels.causal_conv1d import (
     causal_conv1d_update,
     causal_conv1d_update_ref,
 )
+from model.kernels.decode_plan import new_decode_plan
 from model.kernels.decoder_layer import decoder_layer_decode, decoder_layer_decode_ref
 from model.kernels.dispatch import (
     BackendUnavailable,
@@ -87,6 +89,7 @@ __all__ = [
     "mlp_decode_ref",
     "moe_decode",
     "moe_decode_ref",
+    "new_decode_plan",
     "op_backends",
     "pack_int4",
     "register_backend",

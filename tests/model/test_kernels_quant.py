@@ -164,8 +164,8 @@ def test_quantize_rejects_unknown_mode_and_none_is_a_no_op():
 
 @pytest.mark.parametrize("mode", ["none", "int8", "int4"])
 def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factory, monkeypatch):
-    """On a Llama-family model a decode step runs each layer as one ``decoder_layer_decode`` op
-    (fused q|k|v and gate|up, fp32, int8 or 4-bit weights). It must give what the layer's
+    """On a Llama-family model, without the whole-step plan, a decode step runs each layer as one
+    ``decoder_layer_decode`` op (fused q|k|v and gate|up, fp32, int8 or 4-bit weights). It must give what the layer's
     modules give one by one, and in fp32 continue the cache exactly as the full forward.
 
     (Quantised decode is compared with module-by-module decode, not with the full forward: an
@@ -175,6 +175,7 @@ def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factor
     from model.hf import load_hf_dir
     from model.transformer import Block
 
+    monkeypatch.setattr(CausalLM, "_decode_plan", lambda self: None)  # the per-layer path
     model = quantize_(load_hf_dir(checkpoint_factory("llama").path), mode)
     ids = torch.randint(3, 128, (2, 10), generator=torch.Generator().manual_seed(4))
 
@@ -200,13 +201,15 @@ def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factor
 
 @pytest.mark.parametrize("mode", ["none", "int8", "int4"])
 def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
-    """On the hybrid, a decode step runs each Mamba mixer as one ``mamba_mixer_decode`` op, each
+    """On the hybrid, without the whole-step plan, a decode step runs each Mamba mixer as one
+    ``mamba_mixer_decode`` op, each
     MoE as one ``moe_decode`` op and the dense MLP of a Mamba layer as one ``mlp_decode`` op
     (the tiny Jamba has all three, plus an attention layer). It must
     give what the modules give one by one, with batch rows routed to different experts, and
     in fp32 continue the cache as the full forward does (to 1e-4)."""
     from model.transformer import Block
 
+    monkeypatch.setattr(CausalLM, "_decode_plan", lambda self: None)  # the per-layer path
     model = quantize_(_perturbed_tiny_jamba(seed=6).requires_grad_(False), mode)
     ids = torch.randint(3, 256, (3, 9), generator=torch.Generator().manual_seed(7))
     mamba_layers = sum(b.spec.mixer == "mamba" for b in model.layers)
@@ -244,6 +247,94 @@ def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
     if mode == "none":
         with torch.inference_mode():
             torch.testing.assert_close(fused_ops, model(ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "jamba"])
+@pytest.mark.parametrize("mode", ["none", "int8", "int4"])
+def test_decode_steps_as_one_plan(backend, family, mode, checkpoint_factory, monkeypatch):
+    """With the C++ kernels a plain decode step is ONE ``DecodePlan.run`` over every layer, the
+    final norm and the LM head: no layer runs through Python, and the logits and the cache it
+    leaves are the per-layer ops' (which the tests above hold to the modules)."""
+    from model.hf import load_hf_dir
+    from model.transformer import Block
+
+    if family == "llama":
+        base = load_hf_dir(checkpoint_factory("llama").path)
+    else:
+        base = _perturbed_tiny_jamba(seed=16)
+    model = quantize_(base.requires_grad_(False), mode)
+    ids = torch.randint(3, 128, (3, 9), generator=torch.Generator().manual_seed(17))
+
+    def decode() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.inference_mode():
+            cache = model.new_cache(3, 16)
+            steps = [model(ids[:, :4], cache=cache)]
+            steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 9)]
+        states = [t.clone() for layer in cache.layers for t in vars(layer).values()]
+        return torch.cat(steps, 1), states
+
+    layer_calls: list[int] = []
+    real_decode = Block._decode
+    monkeypatch.setattr(Block, "_decode", lambda *a: layer_calls.append(1) or real_decode(*a))
+    plan_logits, plan_states = decode()
+    if backend == "ref":  # no plan: every layer of every decode step ran on its own
+        assert len(layer_calls) == 5 * len(model.layers)
+        return
+    assert layer_calls == []
+    monkeypatch.setattr(CausalLM, "_decode_plan", lambda self: None)
+    layer_logits, layer_states = decode()
+    assert len(layer_calls) == 5 * len(model.layers)
+    torch.testing.assert_close(plan_logits, layer_logits, rtol=1e-5, atol=1e-5)
+    for plan_state, layer_state in zip(plan_states, layer_states, strict=True):
+        torch.testing.assert_close(plan_state, layer_state, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_plan_follows_weights_changed_in_place(backend, monkeypatch):
+    """The plan holds the weights, not copies: an in-place write (``load_state_dict``) to a
+    weight, or to A_log, whose A = -exp(A_log) the plan keeps, shows in the next step."""
+    model = _perturbed_tiny_jamba(seed=18).requires_grad_(False)
+    ids = torch.randint(3, 256, (2, 6), generator=torch.Generator().manual_seed(19))
+
+    def decode() -> torch.Tensor:
+        with torch.inference_mode():
+            cache = model.new_cache(2, 8)
+            model(ids[:, :3], cache=cache)
+            return torch.cat([model(ids[:, t : t + 1], cache=cache) for t in range(3, 6)], 1)
+
+    before = decode()  # builds the plan
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for key in state:
+        if key.endswith("A_log"):
+            state[key] += 0.7
+    state["layers.1.ffn.down_proj"] *= -1
+    model.load_state_dict(state)
+    after = decode()
+    assert not torch.allclose(before, after, rtol=1e-3, atol=1e-3)
+    monkeypatch.setattr(CausalLM, "_decode_plan", lambda self: None)
+    torch.testing.assert_close(after, decode(), rtol=1e-5, atol=1e-5)
+
+
+def test_decode_plan_checks_every_state_before_writing(backend):
+    """A state of the wrong shape is refused, naming it, before any layer's state is written."""
+    if backend == "ref":
+        pytest.skip("the reference has no plan")
+    model = _perturbed_tiny_jamba(seed=20).requires_grad_(False)
+    with torch.inference_mode():
+        cache = model.new_cache(1, 8)
+        model(torch.tensor([[5, 6, 7]]), cache=cache)
+        plan = model._decode_plan()
+        assert plan is not None
+        states = [t for layer in cache.layers for t in vars(layer).values()]
+        before = [t.clone() for t in states]
+        bad = list(states)
+        bad[-1] = states[-1][:, :-1]  # the last Mamba layer's ssm state, one channel short
+        h = model.embed_tokens(torch.tensor([[8]]))
+        with pytest.raises(RuntimeError, match="ssm_state must be"):
+            plan.run(h, bad, 3, None, None)
+        for now, then in zip(states, before, strict=True):
+            torch.testing.assert_close(now, then, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="expected 8 state tensors"):
+            plan.run(h, states[:-1], 3, None, None)
 
 
 def test_jamba_decode_ops_follow_replaced_weights(monkeypatch):

@@ -371,7 +371,11 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
             return mlp_decode_ref(h, norm, eps, gate_up, down)
         return ops.mlp_decode(h, norm, float(eps), gate_up, down)
 
+    def new_decode_plan(dim):
+        return torch.classes.model_kernels.DecodePlan(int(dim))
+
     return {
+        "new_decode_plan": new_decode_plan,
         "mlp_decode": mlp_decode,
         "mamba_mixer_decode": mamba_mixer_decode,
         "moe_decode": moe_decode,
