@@ -9,7 +9,8 @@ transformers; llama.cpp):
   ``LlamaForCausalLM`` of about the same size in bf16 (``ModelConfig.llama_300m``), is the
   transformer the hybrid has to beat.
 - ``smollm2-135m``: the default model's GGUF, dequantised by us and by transformers
-  (``gguf_file=``); llama.cpp runs the quantised file itself when ``llama_cpp`` is importable.
+  (``gguf_file=``); llama.cpp runs the quantised file itself when ``llama_cpp`` is importable,
+  alternated with the others in the same process like any engine.
 
 ``--quick`` runs a scaled-down Jamba (8 layers, hidden 128) at tiny lengths: a smoke test of
 the harness that needs no download.
@@ -43,19 +44,22 @@ from typing import Any
 
 from maestro.bench import machine_info
 
-FULL = {"prefill": [512, 2048, 8192], "decode_after": [512, 8192], "steps": 16, "reps": 3}
-QUICK = {"prefill": [32, 64], "decode_after": [32], "steps": 4, "reps": 1}
+# probe_mib: the fp32 array summed to measure read bandwidth (far larger than the caches).
+FULL = {"prefill": [512, 2048, 8192], "decode_after": [512, 8192], "steps": 16, "reps": 3,
+        "probe_mib": 1024}
+QUICK = {"prefill": [32, 64], "decode_after": [32], "steps": 4, "reps": 1, "probe_mib": 128}
 LONG_CONTEXT = 32768  # the context the cache comparison is extrapolated to
 _SEED = 1234
 
 # Engines per model, as "implementation/weights". The first is the one whose peak RSS and
 # cache are compared with the second. bf16 engines run only where the CPU multiplies bf16
-# natively (see _engines).
+# natively, llama.cpp only where llama-cpp-python is installed (see _engines).
 ENGINES = {
     "jamba-quick": ["ours/fp32", "transformers/fp32", "ours/int8"],
     "jamba-300m": ["ours/fp32", "transformers/fp32", "ours/int8", "llama-300m/fp32", "ours/bf16",
                    "llama-300m/bf16"],
-    "smollm2-135m": ["ours/fp32", "transformers/fp32", "ours/int8", "ours/int4", "transformers/bf16"],
+    "smollm2-135m": ["ours/fp32", "transformers/fp32", "ours/int8", "ours/int4", "transformers/bf16",
+                     "llama.cpp/Q4_1"],
 }
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -73,8 +77,18 @@ def native_bf16() -> bool:
     return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
 
 
+def has_llama_cpp() -> bool:
+    """Whether llama-cpp-python is importable (it is not a dependency: it builds from source)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
 def _engines(model: str) -> list[str]:
-    return [e for e in ENGINES[model] if native_bf16() or not e.endswith("/bf16")]
+    return [
+        e for e in ENGINES[model]
+        if (native_bf16() or not e.endswith("/bf16")) and (has_llama_cpp() or not e.startswith("llama.cpp"))
+    ]
 
 
 # ------------------------------------------------------------------------------- the workers
@@ -167,7 +181,7 @@ def _timed(fn: Any) -> float:
 
 
 def _read_bandwidth(data: Any) -> float:
-    """Bytes/s this process reads from memory: best of 3 sums over ``data`` (1 GiB fp32)."""
+    """Bytes/s this process reads from memory: best of 3 sums over ``data`` (fp32, 1 GiB)."""
     best = min(_timed(data.sum) for _ in range(3))
     return float(data.nbytes / best)
 
@@ -263,7 +277,7 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
         name: {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}} for name in engines
     }
     out["bandwidth_bytes_per_s"] = {}
-    probe = torch.ones(2**28)
+    probe = torch.ones(plan.get("probe_mib", 1024) * 2**18)
     with torch.inference_mode():
         warm = torch.randint(0, vocab, (1, plan["prefill"][0]), generator=gen)
         for engine in engines.values():  # allocator, thread pools, kernels compiled on first use
@@ -279,7 +293,8 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
                     prefill_s, decode_s, nbytes = engine.run(ids, steps if with_decode else 0)
                     prefill[name].append(prefill_s)
                     decode[name].append(decode_s)
-                    out[name]["cache_bytes_per_token"][length] = nbytes / length
+                    if nbytes is not None:
+                        out[name]["cache_bytes_per_token"][length] = nbytes / length
                 if with_decode:
                     bandwidth.append(_read_bandwidth(probe))
             if with_decode:
@@ -292,31 +307,33 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
     return out
 
 
-def _run_llama_cpp(path: Path, plan: dict[str, Any]) -> dict[str, Any]:
-    import llama_cpp
+class _LlamaCpp:
+    """llama.cpp on the quantised GGUF, driven like the others: one ``eval`` of the prompt, then
+    one ``eval`` per decoded token. It runs in the speed worker's process, alternated with our
+    engines, so it sees the same machine minutes (two OpenMP runtimes then share the process;
+    only one engine runs at a time)."""
 
-    threads = int(os.environ.get("MAESTRO_BENCH_THREADS", "0")) or os.cpu_count() or 1
-    longest = max(plan["prefill"] + plan["decode_after"]) + plan["steps"] + 8
-    llm: Any = llama_cpp.Llama(model_path=str(path), n_ctx=longest, n_threads=threads,
-                          n_threads_batch=threads, n_batch=512, verbose=False)
-    out: dict[str, Any] = {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}}
-    for length in sorted(set(plan["prefill"]) | set(plan["decode_after"])):
-        tokens = [(i * 7919) % 40000 + 100 for i in range(length)]
-        prefill, decode = [], []
-        for _ in range(plan.get("reps", 1)):
-            llm.reset()
-            prefill.append(_timed(lambda t=tokens: llm.eval(t)))
+    def __init__(self, path: Path, plan: dict[str, Any]) -> None:
+        import llama_cpp
 
-            def steps() -> None:
-                for _ in range(plan["steps"]):
-                    llm.eval([5])
+        threads = int(os.environ.get("MAESTRO_BENCH_THREADS", "0")) or os.cpu_count() or 1
+        longest = max(plan["prefill"] + plan["decode_after"]) + plan["steps"] + 8
+        self.llm: Any = llama_cpp.Llama(
+            model_path=str(path), n_ctx=longest, n_threads=threads, n_threads_batch=threads,
+            n_batch=512, verbose=False,
+        )
 
-            decode.append(_timed(steps))
-        if length in plan["prefill"]:
-            out["prefill"][length] = length / sorted(prefill)[len(prefill) // 2]
-        if length in plan["decode_after"]:
-            out["decode"][length] = plan["steps"] / sorted(decode)[len(decode) // 2]
-    return out
+    def run(self, ids: Any, steps: int) -> tuple[float, float, None]:
+        """(prefill seconds, seconds for ``steps`` decode steps, no cache figure)."""
+        self.llm.reset()  # the next eval overwrites the KV cache from position 0
+        tokens = ids[0].tolist()
+        prefill_s = _timed(lambda: self.llm.eval(tokens))
+
+        def decode() -> None:
+            for _ in range(steps):
+                self.llm.eval([5])
+
+        return prefill_s, _timed(decode), None
 
 
 def _load(which: str, engine: str, spec: dict[str, Any], shared: Any = None) -> tuple[Any, int]:
@@ -414,19 +431,17 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     plan, which = spec["plan"], spec["model"]
     if spec["engine"] == "quality":
         return _quality(Path(spec["gguf"]))
-    if spec["engine"] == "llama.cpp/Q4_1":
-        start = time.perf_counter()
-        result = _run_llama_cpp(Path(spec["gguf"]), plan)
-        return {**result, "load_s": time.perf_counter() - start, "peak_rss": _peak_rss()}
     if spec["mode"] == "speed":
         shared = _hf_jamba(spec["quick"]) if which.startswith("jamba") else None
         models: dict[str, Any] = {}
+        engines: dict[str, Any] = {}
         # transformers' fp32 Jamba last: ours are built from its weights before it may be cast.
         for name in sorted(_engines(which), key=lambda e: e == "transformers/fp32"):
+            if name.startswith("llama.cpp"):
+                engines[name] = _LlamaCpp(Path(spec["gguf"]), plan)
+                continue
             models[name], vocab = _load(which, name, spec, shared)
-        engines = {
-            name: _Ours(m) if name.startswith("ours") else _Transformers(m) for name, m in models.items()
-        }
+            engines[name] = _Ours(models[name]) if name.startswith("ours") else _Transformers(models[name])
         result = _interleaved({name: engines[name] for name in _engines(which)}, vocab, plan)
         for name, m in models.items():
             if name.startswith("ours"):
@@ -646,12 +661,6 @@ def main(
     if unknown:
         raise ValueError(f"unknown benchmark model(s) {sorted(unknown)}; choose from {sorted(ENGINES)}")
     gguf_path = pull(DEFAULT_MODEL) if "smollm2-135m" in models else None
-    try:
-        import llama_cpp  # noqa: F401
-
-        has_llama_cpp = True
-    except ImportError:
-        has_llama_cpp = False
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     plans = {name: _plan_for(name, base_plan) for name in models}
@@ -678,9 +687,7 @@ def main(
             results[f"{model_name}/{engine}/memory"] = spawn(model_name, engine, "memory")
         if model_name == "smollm2-135m":
             results[f"{model_name}/quality"] = spawn(model_name, "quality", "quality")
-            if has_llama_cpp:
-                results[f"{model_name}/llama.cpp/Q4_1"] = spawn(model_name, "llama.cpp/Q4_1", "speed")
-    if not has_llama_cpp and not quick:
+    if not has_llama_cpp() and not quick:
         errors.append("llama.cpp: llama_cpp (llama-cpp-python) is not installed")
     if not native_bf16() and not quick:
         errors.append("bf16 engines: this CPU has no native bf16 matmul (no avx512_bf16 or "

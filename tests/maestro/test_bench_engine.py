@@ -1,0 +1,67 @@
+"""``maestro bench engine``'s harness: engines alternate in one process, and every engine's rows
+(llama.cpp's included) come from those alternated runs. The engines here are stand-ins with
+known timings; the real engines run in ``tests/model/test_default_model.py``."""
+
+from __future__ import annotations
+
+import pytest
+
+from maestro.bench import engine as bench
+
+PLAN = {"prefill": [8, 16], "decode_after": [8], "steps": 4, "reps": 3, "probe_mib": 8}
+
+
+class _Timed:
+    """An engine that logs its calls and reports fixed timings (seconds) and cache bytes."""
+
+    def __init__(self, name: str, log: list[tuple[str, int, int]], prefill_s: float,
+                 decode_s: float, nbytes: int | None) -> None:
+        self.name, self.log = name, log
+        self.prefill_s, self.decode_s, self.nbytes = prefill_s, decode_s, nbytes
+
+    def run(self, ids, steps):
+        self.log.append((self.name, ids.shape[1], steps))
+        return self.prefill_s, self.decode_s, self.nbytes
+
+
+def test_engines_alternate_within_each_repetition_on_the_same_prompts():
+    log: list[tuple[str, int, int]] = []
+    engines = {
+        "ours/int8": _Timed("ours/int8", log, 0.5, 0.1, 800),
+        "llama.cpp/Q4_1": _Timed("llama.cpp/Q4_1", log, 0.25, 0.2, None),
+    }
+    out = bench._interleaved(engines, vocab=100, plan=PLAN)
+
+    runs = log[2:]  # after one warm-up run each
+    assert [name for name, _, _ in runs] == ["ours/int8", "llama.cpp/Q4_1"] * 6
+    assert [(n, s) for _, n, s in runs[::2]] == [(8, 4)] * 3 + [(16, 0)] * 3  # decode only after 8
+    assert out["ours/int8"]["prefill"] == {8: 16.0, 16: 32.0}
+    assert out["llama.cpp/Q4_1"]["decode"] == {8: pytest.approx(20.0)}
+    assert out["ours/int8"]["cache_bytes_per_token"] == {8: 100.0, 16: 50.0}
+    assert out["llama.cpp/Q4_1"]["cache_bytes_per_token"] == {}  # it reports none
+    assert set(out["bandwidth_bytes_per_s"]) == {8} and out["bandwidth_bytes_per_s"][8] > 0
+
+
+def test_llama_cpp_runs_with_the_other_engines_only_where_it_is_installed(monkeypatch):
+    monkeypatch.setattr(bench, "has_llama_cpp", lambda: True)
+    assert "llama.cpp/Q4_1" in bench._engines("smollm2-135m")
+    monkeypatch.setattr(bench, "has_llama_cpp", lambda: False)
+    assert "llama.cpp/Q4_1" not in bench._engines("smollm2-135m")
+    assert all(not e.startswith("llama.cpp") for e in bench._engines("jamba-300m"))
+
+
+def test_quantised_decode_is_compared_with_llama_cpp_from_the_same_run():
+    model = "smollm2-135m"
+    results = {
+        f"{model}/ours/fp32": {"prefill": {512: 600.0}, "decode": {512: 40.0}},
+        f"{model}/transformers/fp32": {"prefill": {512: 590.0}, "decode": {512: 20.0}},
+        f"{model}/ours/int8": {"prefill": {512: 500.0}, "decode": {512: 110.0}},
+        f"{model}/llama.cpp/Q4_1": {"prefill": {512: 280.0}, "decode": {512: 100.0}},
+    }
+    plan = {"prefill": [512], "decode_after": [512], "steps": 16}
+    rows = bench._comparisons(model, results, plan)
+    vs_cpp = [r for r in rows if r["baseline_name"] == "llama.cpp Q4_1"]
+    assert {(r["name"], r["ratio"], r["target"]) for r in vs_cpp} == {
+        (f"{model} decode after 512 int8", 1.1, 1.0),
+        (f"{model} prefill@512 (ours fp32)", 2.143, 1.0),  # ratios are rounded to 3 places
+    }
