@@ -281,7 +281,7 @@ def test_ops_trace_under_torch_compile():
 @pytest.mark.parametrize("k_in", [96, 100])
 def test_int8_linear(dtype, rows, k_in):
     g = torch.Generator().manual_seed(12)
-    n_out = 37  # not a multiple of the 4-row block
+    n_out = 37  # not a multiple of the int8 (8) or int4 (4) row block
     weight = torch.randint(-127, 128, (n_out, k_in), dtype=torch.int8, generator=g)
     scale = torch.rand(n_out, generator=g) * 0.02
     bias = torch.randn(n_out, generator=g)

@@ -1098,7 +1098,11 @@ void matvec_int8(const float* xp, int64_t rows, const int8_t* wp, const float* s
   std::vector<float> xs(blocked ? rows * (k_in / Q_BLOCK) : 0);
   for (int64_t m = 0; blocked && m < rows; ++m)
     quantize_blocks(xp + m * k_in, k_in, xq.data() + m * k_in, xs.data() + m * (k_in / Q_BLOCK));
-  constexpr int64_t RB = 4;
+  // 8 rows a block: with int8_rows_dot's prefetch of the next block, more of a cold weight is
+  // in flight while the integer dots run (cold 3072x576 and 49152x576 matvecs ~8-14% faster
+  // than 4 rows; the dots are compute-heavy enough that without prefetch they stream at ~0.5 of
+  // the read bandwidth).
+  constexpr int64_t RB = 8;
   at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in), [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t blk = begin; blk < end; ++blk) {
