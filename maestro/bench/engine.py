@@ -24,7 +24,8 @@ bandwidth, a 1 GiB sum probed between the decode repetitions it is compared with
 a process that loads one engine and prefills the longest prompt.
 
 Speed is measured with all of a model's engines loaded in one process and run alternately on
-the same inputs (median of ``reps``), so a change in machine load hits every engine; peak RSS
+the same inputs, every prompt length in every repetition (median of ``reps``), so a change in
+machine load hits every engine and every length; peak RSS
 is measured in a separate subprocess per engine, so it belongs to one engine only. ``ratio`` is
 ours/baseline for speeds and baseline/ours for memory: > 1 always means we are better.
 Comparisons that the Kernels issue sets a goal for carry a ``target`` ratio.
@@ -258,14 +259,16 @@ class _Transformers:
 
 
 def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> dict[str, Any]:
-    """Measure every engine on the same inputs, alternating engines within each repetition.
+    """Measure every engine on the same inputs, alternating engines and prompt lengths.
 
-    Alternating (and taking the median of ``reps``) keeps a change in machine load from landing
-    on one engine only: all see the same conditions, so the ratios stay meaningful on a
-    shared machine. Decode is timed right after the prefill of the same prompt. After each
-    repetition with decode, the read bandwidth is probed too (``bandwidth_bytes_per_s``, the
-    median per context length): the decode's bandwidth bound then comes from the same minutes
-    as the decode it is compared with (this VM's bandwidth drifts between ~30 and ~45 GB/s).
+    Each repetition runs every prompt length, and at each length every engine, in turn; the
+    figures are medians over ``reps``. So a change in machine load lands on all engines and all
+    lengths alike, and the ratios between them (ours vs a baseline, decode after a long context
+    vs after a short one) stay meaningful on a shared machine whose read bandwidth drifts
+    between ~20 and ~45 GB/s within the hour. Decode is timed right after the prefill of the
+    same prompt. After each length with decode, the read bandwidth is probed too
+    (``bandwidth_bytes_per_s``, the median per context length), so a decode's bandwidth bound
+    comes from the same minutes as the decode it is compared with.
     """
     import statistics
 
@@ -278,32 +281,33 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
     }
     out["bandwidth_bytes_per_s"] = {}
     probe = torch.ones(plan.get("probe_mib", 1024) * 2**18)
+    lengths = sorted(set(plan["prefill"]) | set(plan["decode_after"]))
+    prompts = {n: torch.randint(0, vocab, (1, n), generator=gen) for n in lengths}
+    prefill: dict[tuple[str, int], list[float]] = {(name, n): [] for name in engines for n in lengths}
+    decode: dict[tuple[str, int], list[float]] = {(name, n): [] for name in engines for n in lengths}
+    bandwidth: dict[int, list[float]] = {n: [] for n in plan["decode_after"]}
     with torch.inference_mode():
         warm = torch.randint(0, vocab, (1, plan["prefill"][0]), generator=gen)
         for engine in engines.values():  # allocator, thread pools, kernels compiled on first use
             engine.run(warm, 2)
-        for length in sorted(set(plan["prefill"]) | set(plan["decode_after"])):
-            ids = torch.randint(0, vocab, (1, length), generator=gen)
-            prefill: dict[str, list[float]] = {name: [] for name in engines}
-            decode: dict[str, list[float]] = {name: [] for name in engines}
-            with_decode = length in plan["decode_after"]
-            bandwidth: list[float] = []
-            for _ in range(reps):
+        for _ in range(reps):
+            for n in lengths:
+                with_decode = n in plan["decode_after"]
                 for name, engine in engines.items():
-                    prefill_s, decode_s, nbytes = engine.run(ids, steps if with_decode else 0)
-                    prefill[name].append(prefill_s)
-                    decode[name].append(decode_s)
+                    prefill_s, decode_s, nbytes = engine.run(prompts[n], steps if with_decode else 0)
+                    prefill[name, n].append(prefill_s)
+                    decode[name, n].append(decode_s)
                     if nbytes is not None:
-                        out[name]["cache_bytes_per_token"][length] = nbytes / length
+                        out[name]["cache_bytes_per_token"][n] = nbytes / n
                 if with_decode:
-                    bandwidth.append(_read_bandwidth(probe))
-            if with_decode:
-                out["bandwidth_bytes_per_s"][length] = statistics.median(bandwidth)
-            for name in engines:
-                if length in plan["prefill"]:
-                    out[name]["prefill"][length] = length / statistics.median(prefill[name])
-                if with_decode:
-                    out[name]["decode"][length] = steps / statistics.median(decode[name])
+                    bandwidth[n].append(_read_bandwidth(probe))
+    for n, probes in bandwidth.items():
+        out["bandwidth_bytes_per_s"][n] = statistics.median(probes)
+    for name in engines:
+        for n in plan["prefill"]:
+            out[name]["prefill"][n] = n / statistics.median(prefill[name, n])
+        for n in plan["decode_after"]:
+            out[name]["decode"][n] = steps / statistics.median(decode[name, n])
     return out
 
 

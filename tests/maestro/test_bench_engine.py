@@ -14,18 +14,18 @@ PLAN = {"prefill": [8, 16], "decode_after": [8], "steps": 4, "reps": 3, "probe_m
 class _Timed:
     """An engine that logs its calls and reports fixed timings (seconds) and cache bytes."""
 
-    def __init__(self, name: str, log: list[tuple[str, int, int]], prefill_s: float,
+    def __init__(self, name: str, log: list[tuple[str, int, int, int]], prefill_s: float,
                  decode_s: float, nbytes: int | None) -> None:
         self.name, self.log = name, log
         self.prefill_s, self.decode_s, self.nbytes = prefill_s, decode_s, nbytes
 
     def run(self, ids, steps):
-        self.log.append((self.name, ids.shape[1], steps))
+        self.log.append((self.name, ids.shape[1], steps, int(ids.sum())))
         return self.prefill_s, self.decode_s, self.nbytes
 
 
-def test_engines_alternate_within_each_repetition_on_the_same_prompts():
-    log: list[tuple[str, int, int]] = []
+def test_engines_and_lengths_alternate_within_each_repetition_on_the_same_prompts():
+    log: list[tuple[str, int, int, int]] = []
     engines = {
         "ours/int8": _Timed("ours/int8", log, 0.5, 0.1, 800),
         "llama.cpp/Q4_1": _Timed("llama.cpp/Q4_1", log, 0.25, 0.2, None),
@@ -33,8 +33,11 @@ def test_engines_alternate_within_each_repetition_on_the_same_prompts():
     out = bench._interleaved(engines, vocab=100, plan=PLAN)
 
     runs = log[2:]  # after one warm-up run each
-    assert [name for name, _, _ in runs] == ["ours/int8", "llama.cpp/Q4_1"] * 6
-    assert [(n, s) for _, n, s in runs[::2]] == [(8, 4)] * 3 + [(16, 0)] * 3  # decode only after 8
+    assert [name for name, *_ in runs] == ["ours/int8", "llama.cpp/Q4_1"] * 6
+    # every repetition runs every length (decode only after 8), so drift hits all lengths alike
+    assert [(n, s) for _, n, s, _ in runs[::2]] == [(8, 4), (16, 0)] * 3
+    prompts = {(n, total) for _, n, _, total in runs}
+    assert len(prompts) == 2  # one prompt per length, the same for every engine and repetition
     assert out["ours/int8"]["prefill"] == {8: 16.0, 16: 32.0}
     assert out["llama.cpp/Q4_1"]["decode"] == {8: pytest.approx(20.0)}
     assert out["ours/int8"]["cache_bytes_per_token"] == {8: 100.0, 16: 50.0}
