@@ -182,7 +182,7 @@ def _timed(fn: Any) -> float:
 
 
 def _read_bandwidth(data: Any) -> float:
-    """Bytes/s this process reads from memory: best of 3 sums over ``data`` (fp32, 1 GiB)."""
+    """Bytes/s this process reads from memory: best of 3 sums over ``data`` (fp32, ``probe_mib``)."""
     best = min(_timed(data.sum) for _ in range(3))
     return float(data.nbytes / best)
 
