@@ -39,7 +39,9 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +260,10 @@ class _Transformers:
         return prefill_s, _timed(decode), nbytes
 
 
-def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> dict[str, Any]:
+def _interleaved(
+    engines: dict[str, Any], vocab: int, plan: dict[str, Any],
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Measure every engine on the same inputs, alternating engines and prompt lengths.
 
     Each repetition runs every prompt length, and at each length every engine, in turn; the
@@ -268,7 +273,8 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
     between ~20 and ~45 GB/s within the hour. Decode is timed right after the prefill of the
     same prompt. After each length with decode, the read bandwidth is probed too
     (``bandwidth_bytes_per_s``, the median per context length), so a decode's bandwidth bound
-    comes from the same minutes as the decode it is compared with.
+    comes from the same minutes as the decode it is compared with. ``progress(message)``, if
+    given, hears of each length measured (a full run takes ~15 minutes per model).
     """
     import statistics
 
@@ -290,8 +296,9 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
         warm = torch.randint(0, vocab, (1, plan["prefill"][0]), generator=gen)
         for engine in engines.values():  # allocator, thread pools, kernels compiled on first use
             engine.run(warm, 2)
-        for _ in range(reps):
+        for rep in range(reps):
             for n in lengths:
+                started = time.perf_counter()
                 with_decode = n in plan["decode_after"]
                 for name, engine in engines.items():
                     prefill_s, decode_s, nbytes = engine.run(prompts[n], steps if with_decode else 0)
@@ -301,6 +308,9 @@ def _interleaved(engines: dict[str, Any], vocab: int, plan: dict[str, Any]) -> d
                         out[name]["cache_bytes_per_token"][n] = nbytes / n
                 if with_decode:
                     bandwidth[n].append(_read_bandwidth(probe))
+                if progress is not None:
+                    progress(f"repetition {rep + 1}/{reps}, {n} tokens: "
+                             f"{time.perf_counter() - started:.0f} s")
     for n, probes in bandwidth.items():
         out["bandwidth_bytes_per_s"][n] = statistics.median(probes)
     for name in engines:
@@ -446,7 +456,11 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             models[name], vocab = _load(which, name, spec, shared)
             engines[name] = _Ours(models[name]) if name.startswith("ours") else _Transformers(models[name])
-        result = _interleaved({name: engines[name] for name in _engines(which)}, vocab, plan)
+
+        def progress(message: str) -> None:  # relayed by _spawn while the worker runs
+            print(f"bench engine:   {which} {message}", file=sys.stderr, flush=True)
+
+        result = _interleaved({name: engines[name] for name in _engines(which)}, vocab, plan, progress)
         for name, m in models.items():
             if name.startswith("ours"):
                 result[name]["decode_weight_bytes"] = _decode_weight_bytes(m)
@@ -471,16 +485,27 @@ def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
         "print('@@RESULT@@' + json.dumps(_worker(json.loads(sys.argv[1]))))"
     )
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, cwd=root,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, check=False,
-    )
-    for line in proc.stdout.splitlines():
+    last_lines: list[str] = []  # of the worker's stderr, for the error message
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(spec)], stdout=stdout, stderr=subprocess.PIPE,
+            text=True, cwd=root, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the worker's progress lines are passed on as they come
+            if line.startswith("bench engine:"):
+                print(line, end="", file=sys.stderr, flush=True)
+            else:
+                last_lines = [*last_lines[-4:], line.rstrip()]
+        returncode = proc.wait()
+        stdout.seek(0)
+        output = stdout.read()
+    for line in output.splitlines():
         if line.startswith("@@RESULT@@"):
             result: dict[str, Any] = _int_keys(json.loads(line.removeprefix("@@RESULT@@")))
             return result
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    tail = last_lines or output.strip().splitlines()[-5:]
+    return {"error": f"exit {returncode}: " + " | ".join(tail)}
 
 
 def _int_keys(value: Any) -> Any:

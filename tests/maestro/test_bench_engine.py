@@ -30,7 +30,8 @@ def test_engines_and_lengths_alternate_within_each_repetition_on_the_same_prompt
         "ours/int8": _Timed("ours/int8", log, 0.5, 0.1, 800),
         "llama.cpp/Q4_1": _Timed("llama.cpp/Q4_1", log, 0.25, 0.2, None),
     }
-    out = bench._interleaved(engines, vocab=100, plan=PLAN)
+    heard: list[str] = []
+    out = bench._interleaved(engines, vocab=100, plan=PLAN, progress=heard.append)
 
     runs = log[2:]  # after one warm-up run each
     assert [name for name, *_ in runs] == ["ours/int8", "llama.cpp/Q4_1"] * 6
@@ -43,6 +44,15 @@ def test_engines_and_lengths_alternate_within_each_repetition_on_the_same_prompt
     assert out["ours/int8"]["cache_bytes_per_token"] == {8: 100.0, 16: 50.0}
     assert out["llama.cpp/Q4_1"]["cache_bytes_per_token"] == {}  # it reports none
     assert set(out["bandwidth_bytes_per_s"]) == {8} and out["bandwidth_bytes_per_s"][8] > 0
+    assert [m.split(":")[0] for m in heard] == [
+        f"repetition {r}/3, {n} tokens" for r in (1, 2, 3) for n in (8, 16)]
+
+
+def test_a_worker_that_fails_is_reported_with_the_end_of_its_stderr():
+    result = bench._spawn({"model": "smollm2-135m", "engine": "quality", "mode": "quality",
+                           "plan": PLAN, "quick": False, "gguf": "/nonexistent/model.gguf"})
+    assert result["error"].startswith("exit 1: ")
+    assert "nonexistent" in result["error"]  # the worker's own error, not a generic one
 
 
 def test_llama_cpp_runs_with_the_other_engines_only_where_it_is_installed(monkeypatch):

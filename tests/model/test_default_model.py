@@ -30,11 +30,14 @@ def test_chat_answers_the_capital_of_france(smollm2):
 
 
 @pytest.mark.slow
-def test_bench_engine_quick_reports_comparisons():
+def test_bench_engine_quick_reports_comparisons(capsys):
     from maestro.bench.engine import main
 
     report = main(json_output=True, quick=True)
     assert not report["errors"], report["errors"]
+    # the speed worker's progress reaches our stderr while it runs; stdout stays for --json
+    progress = capsys.readouterr().err
+    assert "bench engine:   jamba-quick repetition 1/1, 32 tokens" in progress
     rows = {row["name"]: row for row in report["comparisons"]}
     assert {"jamba-quick prefill@64 fp32", "jamba-quick decode after 32 fp32",
             "jamba-quick decode after 32 int8", "jamba-quick cache bytes/token @32",
