@@ -103,6 +103,14 @@ def _perturbed_tiny_jamba(seed: int = 0) -> CausalLM:
     return model
 
 
+def _prefill_3_decode_3(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of three one-token decode steps after a 3-token prefill of ``ids`` (B, 6)."""
+    with torch.inference_mode():
+        cache = model.new_cache(ids.shape[0], 8)
+        model(ids[:, :3], cache=cache)
+        return torch.cat([model(ids[:, t : t + 1], cache=cache) for t in range(3, 6)], 1)
+
+
 # Per-weight error <= scale/2, and activations rounded to int8 per block of 32, move the
 # logits by a fraction of their spread. Measured on this 64-wide random model (logit std 1.0):
 # int8 mean 0.045 / max 1.33, argmax agreement 0.94 (weights alone: mean 0.022 / max 0.20);
@@ -296,10 +304,7 @@ def test_decode_plan_follows_weights_changed_in_place(backend, monkeypatch):
     ids = torch.randint(3, 256, (2, 6), generator=torch.Generator().manual_seed(19))
 
     def decode() -> torch.Tensor:
-        with torch.inference_mode():
-            cache = model.new_cache(2, 8)
-            model(ids[:, :3], cache=cache)
-            return torch.cat([model(ids[:, t : t + 1], cache=cache) for t in range(3, 6)], 1)
+        return _prefill_3_decode_3(model, ids)
 
     before = decode()  # builds the plan
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -346,10 +351,7 @@ def test_jamba_decode_ops_follow_replaced_weights(monkeypatch):
     ids = torch.randint(3, 256, (2, 6), generator=torch.Generator().manual_seed(11))
 
     def decode() -> torch.Tensor:
-        with torch.inference_mode():
-            cache = model.new_cache(2, 8)
-            model(ids[:, :3], cache=cache)
-            return torch.cat([model(ids[:, t : t + 1], cache=cache) for t in range(3, 6)], 1)
+        return _prefill_3_decode_3(model, ids)
 
     decode()  # builds the cached arguments
     block = next(b for b in model.layers if b.spec.mixer == "mamba" and b.spec.ffn == "moe")
@@ -372,10 +374,7 @@ def test_cached_decode_args_are_rechecked_only_after_a_change(monkeypatch):
     ids = torch.randint(3, 256, (2, 6), generator=torch.Generator().manual_seed(15))
 
     def decode() -> torch.Tensor:
-        with torch.inference_mode():
-            cache = model.new_cache(2, 8)
-            model(ids[:, :3], cache=cache)
-            return torch.cat([model(ids[:, t : t + 1], cache=cache) for t in range(3, 6)], 1)
+        return _prefill_3_decode_3(model, ids)
 
     decode()  # builds the cached arguments
     checks: list[int] = []
