@@ -371,8 +371,10 @@ class CausalLM(nn.Module):
 
     def _build_decode_plan(self) -> object | None:
         found = self._plan_layers()
-        plan = kernels.new_decode_plan(self.config.hidden_size) if found is not None else None
-        if found is None or plan is None:
+        if found is None:
+            return None
+        plan = kernels.new_decode_plan(self.config.hidden_size)
+        if plan is None:  # the reference backend has no plan
             return None
         entries, head = found
         for method, args in entries:
