@@ -8,7 +8,9 @@ activation on a fused gate|up projection), ``attention_decode`` (one attention d
 the KV cache, RoPE and cache write included), ``decoder_layer_decode`` (a whole Llama-family
 layer for one decode step), ``mamba_mixer_decode``, ``moe_decode`` and ``mlp_decode`` (Jamba's
 Mamba mixer, MoE and dense MLP sublayers for one decode step, norm and residual included),
-``new_decode_plan`` (a model's whole decode step as one call; None on the reference).
+``new_decode_plan`` (a model's whole decode step as one call; None on the reference),
+``expert_linear`` (the routed experts' matvecs of an MoE decode step, expert ids read on the
+device).
 
 The dispatchers run the fastest available backend for the tensors' device, chosen once per
 device type (see :mod:`model.kernels.dispatch`): the C++ CPU kernels (``cpu/kernels.cpp``,
@@ -34,6 +36,7 @@ from model.kernels.dispatch import (
     register_backend,
     use,
 )
+from model.kernels.expert_linear import expert_linear, expert_linear_ref
 from model.kernels.hybrid_decode import (
     mamba_mixer_decode,
     mamba_mixer_decode_ref,
@@ -75,6 +78,8 @@ __all__ = [
     "decoder_layer_decode",
     "decoder_layer_decode_ref",
     "dequantize_int4",
+    "expert_linear",
+    "expert_linear_ref",
     "int4_linear",
     "int4_linear_ref",
     "int8_linear",

@@ -10,9 +10,10 @@ the fallback to switch to if the fused kernel misbehaves on some GPU, and its cr
 
 Each op is a ``torch.library.custom_op`` in the ``model_triton`` namespace with a fake (meta)
 implementation, so ``torch.compile`` traces the model through them as opaque calls; the state
-updates declare what they mutate. GPU correctness and speed were NOT measured in the session that
-wrote this (no GPU); see the module docstrings of ``triton_scan`` / ``triton_conv`` /
-``triton_state_update`` / ``triton_decode``.
+updates declare what they mutate. Outside a ``torch.compile`` trace the public functions below
+call the Triton launchers directly (see ``_call``). GPU correctness and speed: the module
+docstrings of ``triton_scan`` / ``triton_conv`` / ``triton_state_update`` / ``triton_decode`` and
+``pytest -m gpu`` (tests/model/test_kernels_triton.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from typing import Any
 
 import torch
 
-from model.kernels import triton_conv, triton_decode, triton_scan, triton_state_update
+from model.kernels import (
+    triton_conv,
+    triton_decode,
+    triton_expert,
+    triton_rms_norm,
+    triton_scan,
+    triton_state_update,
+)
+from model.kernels.rms_norm import rms_norm_ref
 
 _NS = "model_triton"
 
@@ -109,6 +118,22 @@ def _(x, conv_state, weight, bias, silu):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _call(op: Callable[..., Any], direct: Callable[..., Any], *args: Any) -> Any:
+    """The custom op while ``torch.compile`` traces (it needs the op's schema and fake kernel),
+    else the Triton launcher directly: a custom op's Python dispatch cost ~100-250 us a call on
+    the H100 machine's host, more than most of these kernels run, and a GPU prefill chunk of a
+    small model is bound by its launches."""
+    return op(*args) if torch.compiler.is_compiling() else direct(*args)
+
+
+def _conv(x, weight, bias, initial_state, silu):
+    return triton_conv.causal_conv1d(x, weight, bias, initial_state, "silu" if silu else None)
+
+
+def _conv_update(x, conv_state, weight, bias, silu):
+    return triton_conv.causal_conv1d_update(x, conv_state, weight, bias, "silu" if silu else None)
+
+
 def _silu_flag(activation: str | None) -> bool:
     if activation in ("silu", "swish"):
         return True
@@ -120,26 +145,28 @@ def _silu_flag(activation: str | None) -> bool:
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None):
     """Triton selective scan; contract of :func:`model.kernels.selective_scan_ref`."""
-    y, state = _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                               initial_state)
+    y, state = _call(_selective_scan, triton_scan.selective_scan,
+                     u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
     return y, state
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False):
     """Triton decode step; contract of :func:`model.kernels.selective_state_update_ref`."""
-    return _selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    return _call(_selective_state_update, triton_state_update.selective_state_update,
+                 state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
 
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, activation="silu"):
     """Triton causal conv; contract of :func:`model.kernels.causal_conv1d_ref`."""
-    y, state = _causal_conv1d(x, weight, bias, initial_state, _silu_flag(activation))
+    y, state = _call(_causal_conv1d, _conv, x, weight, bias, initial_state, _silu_flag(activation))
     return y, state
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
     """Triton conv decode step; contract of :func:`model.kernels.causal_conv1d_update_ref`."""
-    return _causal_conv1d_update(x, conv_state, weight, bias, _silu_flag(activation))
+    return _call(_causal_conv1d_update, _conv_update, x, conv_state, weight, bias,
+                 _silu_flag(activation))
 
 
 def _rms_norm(v: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -183,9 +210,10 @@ def mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_pro
                       c_norm_weight=None, norm_eps=1e-6):
     """Fused (two-launch) Triton mixer decode step; contract of
     :func:`model.kernels.mamba_decode_step_ref` (``conv_state``, ``ssm_state`` updated in place)."""
-    return _mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
-                              dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight, b_norm_weight,
-                              c_norm_weight, float(norm_eps))
+    return _call(_mamba_decode_step, triton_decode.mamba_decode_step,
+                 x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                 dt_proj_weight, dt_proj_bias, A, D, dt_norm_weight, b_norm_weight,
+                 c_norm_weight, float(norm_eps))
 
 
 def mamba_decode_step_composed(x, z, conv_state, ssm_state, conv_weight, conv_bias,
@@ -212,10 +240,45 @@ def mamba_decode_step_composed(x, z, conv_state, ssm_state, conv_weight, conv_bi
     return y.to(x.dtype)
 
 
+@torch.library.custom_op(f"{_NS}::expert_linear", mutates_args=())
+def _expert_linear(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    return triton_expert.expert_linear(x, weights, experts)
+
+
+@_expert_linear.register_fake
+def _(x, weights, experts):
+    return x.new_empty((x.shape[0], weights.shape[1]))
+
+
+def expert_linear(x, weights, experts):
+    """Triton routed-expert matvec; contract of :func:`model.kernels.expert_linear_ref`."""
+    return _call(_expert_linear, triton_expert.expert_linear, x, weights, experts)
+
+
+@torch.library.custom_op(f"{_NS}::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return triton_rms_norm.rms_norm(x, weight, eps)
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def rms_norm(x, weight, eps):
+    """Triton RMSNorm; contract of :func:`model.kernels.rms_norm_ref` (a weight of another
+    dtype than x, or rows wider than the kernel holds, run the reference)."""
+    if weight.dtype != x.dtype or x.shape[-1] > triton_rms_norm.MAX_WIDTH or x.numel() == 0:
+        return rms_norm_ref(x, weight, eps)
+    return _call(_rms_norm_op, triton_rms_norm.rms_norm, x, weight, float(eps))
+
+
 OPS: dict[str, Callable[..., Any]] = {
     "causal_conv1d": causal_conv1d,
     "causal_conv1d_update": causal_conv1d_update,
+    "expert_linear": expert_linear,
     "mamba_decode_step": mamba_decode_step,
+    "rms_norm": rms_norm,
     "selective_scan": selective_scan,
     "selective_state_update": selective_state_update,
 }

@@ -45,7 +45,9 @@ import torch
 from model.kernels import (
     causal_conv1d_ref,
     causal_conv1d_update_ref,
+    expert_linear_ref,
     mamba_decode_step_ref,
+    rms_norm_ref,
     selective_scan_ref,
     selective_state_update_ref,
 )
@@ -277,6 +279,38 @@ def check_mamba_decode_step(fn, batch, channels, n_state, rank, dtype, steps=3, 
             "ssm_state": _errors(states["ours"][1], states["32"][1], None)}
 
 
+def check_expert_linear(fn, slots, n_experts, n_out, n_in, dtype, device="cpu") -> dict[str, Any]:
+    """The routed-expert matvec of an MoE decode step; a repeated expert included."""
+    gen = torch.Generator().manual_seed(5)
+    weights = (torch.randn(n_experts, n_out, n_in, generator=gen) / n_in**0.5).to(device, dtype)
+    x = torch.randn(slots, n_in, generator=gen).to(device, dtype)
+    experts = torch.randint(0, n_experts, (slots,), generator=gen)
+    experts[-1] = experts[0]
+    experts = experts.to(device)
+    y = fn(x, weights, experts)
+    assert y.dtype == dtype and y.shape == (slots, n_out), (y.dtype, y.shape)
+    y_low = expert_linear_ref(x, weights, experts)
+    y32 = expert_linear_ref(x.float(), weights.float(), experts)
+    return {"y": _errors(y, y32, y_low)}
+
+
+def check_rms_norm(fn, shape, dtype, device="cpu", strided=False) -> dict[str, Any]:
+    """RMSNorm over the last dim; ``strided``: rows of a split view (the mixer's dt / B / C)."""
+    gen = torch.Generator().manual_seed(6)
+    width = shape[-1]
+    full = torch.randn(*shape[:-1], width + (5 if strided else 0), generator=gen) * 3
+    x = full.to(device, dtype)[..., :width]
+    weight = (torch.rand(width, generator=gen) + 0.5).to(device, dtype)
+    y = fn(x, weight, 1e-6)
+    assert y.dtype == dtype and y.shape == x.shape, (y.dtype, y.shape)
+    y_low = rms_norm_ref(x, weight, 1e-6)
+    y32 = rms_norm_ref(x.float(), weight.float(), 1e-6)
+    # Both the reference and the kernel round twice (the normalised row, then the product);
+    # _errors' low-precision reference rounds once: allow one more unit in the last place.
+    ulp = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}.get(dtype, 2e-5)
+    return {"y": _errors(y, y32, y_low, rel=ulp)}
+
+
 def check_custom_ops_opcheck() -> dict[str, Any]:
     """torch.library.opcheck on the backend's custom ops: schema, declared mutations, fake
     kernels (incl. output strides: channel-major inputs give channel-major outputs) and AOT
@@ -301,6 +335,8 @@ def check_custom_ops_opcheck() -> dict[str, Any]:
             s["x"], s["z"], c["initial_state"][..., :3].clone(), s["state"].clone(), c["weight"],
             c["bias"], torch.randn(1 + 8, 4), torch.randn(4, 1), None, s["A"], s["D"],
             torch.randn(1), torch.randn(4), None, 1e-6)),
+        ("expert_linear", (torch.randn(3, 5), torch.randn(4, 6, 5), torch.tensor([1, 3, 1]))),
+        ("rms_norm", (torch.randn(2, 3, 7), torch.randn(7), 1e-6)),
     ]
     for name, args in calls:  # test_faketensor also compares fake and real output strides
         report = torch.library.opcheck(getattr(ops, name).default, args)
@@ -451,6 +487,17 @@ def _interpreter_cases() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]
     c["transposed_views_tail"] = lambda t: check_transposed_tail(
         lambda *a, **k: t["conv"](*a, **k, block_l=16), lambda *a, **k: t["scan"](*a, **k, block_l=16),
         16, 8, 40, 8)
+    c["expert_linear_fp32_small_tiles"] = lambda t: check_expert_linear(
+        lambda *a: t["expert"](*a, block_n=4, block_k=8), 5, 3, 10, 21, torch.float32)
+    c["expert_linear_bf16"] = lambda t: check_expert_linear(t["expert"], 4, 3, 24, 40,
+                                                            torch.bfloat16)
+    c["backend_ops_expert_linear"] = lambda t: check_expert_linear(
+        t["ops"]["expert_linear"], 2, 4, 16, 8, torch.float32)
+    c["rms_norm_fp32_odd_width"] = lambda t: check_rms_norm(t["rms_norm"], (5, 37), torch.float32)
+    c["rms_norm_bf16_split_view"] = lambda t: check_rms_norm(t["rms_norm"], (2, 3, 24),
+                                                             torch.bfloat16, strided=True)
+    c["backend_ops_rms_norm"] = lambda t: check_rms_norm(t["ops"]["rms_norm"], (3, 16),
+                                                         torch.float32)
     c["bench_script_runs"] = lambda t: check_bench_script_runs()
     c["gpu_tests_smoke"] = lambda t: check_gpu_tests_on_cpu()
     c["backend_custom_ops_pass_opcheck"] = lambda t: check_custom_ops_opcheck()
@@ -482,6 +529,8 @@ def _run_interpreter_cases() -> None:
         triton_backend,
         triton_conv,
         triton_decode,
+        triton_expert,
+        triton_rms_norm,
         triton_scan,
         triton_state_update,
     )
@@ -494,6 +543,8 @@ def _run_interpreter_cases() -> None:
         "ops": dispatch._registry["triton"].loader(),  # what use("triton") gets on CUDA
         "decode_fused": triton_decode.mamba_decode_step,
         "decode_composed": triton_backend.mamba_decode_step_composed,
+        "expert": triton_expert.expert_linear,
+        "rms_norm": triton_rms_norm.rms_norm,
     }
     del model.kernels
     results: dict[str, Any] = {
@@ -556,7 +607,8 @@ def test_importing_model_kernels_does_not_import_triton(interpreter_results) -> 
 @pytest.mark.triton
 def test_triton_backend_is_what_dispatch_loads_for_cuda(interpreter_results) -> None:
     """The dispatcher's "triton" backend is the CUDA default and its loader (run in the
-    interpreter subprocess) returns the Triton op table: the five Mamba ops, each a Triton
+    interpreter subprocess) returns the Triton op table: the five Mamba ops, the MoE's
+    ``expert_linear`` and ``rms_norm``, each a Triton
     implementation (other ops, e.g. quantised matmuls, fall back to their references)."""
     from model.kernels import dispatch
 
@@ -565,8 +617,9 @@ def test_triton_backend_is_what_dispatch_loads_for_cuda(interpreter_results) -> 
     assert dispatch.AUTO_PREFERENCE["cuda"][0] == "triton"
     loaded = interpreter_results["_triton_loader_ops"]
     print(loaded)
-    assert sorted(loaded) == ["causal_conv1d", "causal_conv1d_update", "mamba_decode_step",
-                              "selective_scan", "selective_state_update"]
+    assert sorted(loaded) == ["causal_conv1d", "causal_conv1d_update", "expert_linear",
+                              "mamba_decode_step", "rms_norm", "selective_scan",
+                              "selective_state_update"]
     assert set(loaded) <= set(dispatch._REFERENCE_OPS), "an op without a reference"
     assert all(module.startswith("model.kernels.triton_backend") for module in loaded.values())
 
@@ -605,7 +658,7 @@ def test_kernels_compile_for_sm90_without_spills() -> None:
 # The sizes live in one dict so that the interpreter run can smoke-test these functions on tiny
 # sizes on the CPU (case "gpu_tests_smoke"): a later GPU session should not die on a typo.
 GPU = dict(device="cuda", ed=2048, n=16, length=2048, steps=64, rank=128,
-           big_ed=8192, big_rank=256, long=2**19, tail=64)
+           big_ed=8192, big_rank=256, long=2**19, tail=64, experts=8, hidden=4096, ffn=14336)
 
 
 @pytest.mark.gpu
@@ -676,6 +729,26 @@ def test_gpu_mamba_decode_step_real_size(dtype: str) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gpu_expert_linear_real_size(dtype: str) -> None:
+    from model.kernels.triton_expert import expert_linear
+
+    for slots, n_out, n_in in ((2, GPU["ffn"], GPU["hidden"]), (16, GPU["hidden"], GPU["ffn"])):
+        _assert_within(f"gpu_expert_linear_{dtype}_s{slots}", check_expert_linear(
+            expert_linear, slots, GPU["experts"], n_out, n_in, DTYPES[dtype], GPU["device"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gpu_rms_norm_real_size(dtype: str) -> None:
+    from model.kernels.triton_rms_norm import rms_norm
+
+    for shape, strided in (((1, GPU["length"], GPU["hidden"]), False), ((GPU["length"], 160), True)):
+        _assert_within(f"gpu_rms_norm_{dtype}_{shape[-1]}", check_rms_norm(
+            rms_norm, shape, DTYPES[dtype], GPU["device"], strided=strided))
+
+
+@pytest.mark.gpu
 def test_gpu_offsets_beyond_int32() -> None:
     """L * 2ED = 2**31 elements in the transposed in_proj output: offsets past int32 must not
     wrap (about 16 GB of GPU memory at the peak)."""
@@ -691,7 +764,7 @@ def check_gpu_tests_on_cpu() -> dict[str, Any]:
     """Run the bodies of the gpu tests above at toy sizes on the CPU (interpreter)."""
     saved = dict(GPU)
     GPU.update(device="cpu", ed=8, n=4, length=20, steps=3, rank=3, big_ed=8, big_rank=3,
-               long=24, tail=8)
+               long=24, tail=8, experts=3, hidden=12, ffn=20)
     try:
         test_gpu_selective_scan_real_size("bf16")
         test_gpu_selective_state_update_real_size("bf16")
@@ -699,6 +772,8 @@ def check_gpu_tests_on_cpu() -> dict[str, Any]:
         test_gpu_mamba_decode_step_real_size("bf16")
         test_gpu_scan_chunked_and_decode_steps()
         test_gpu_offsets_beyond_int32()
+        test_gpu_expert_linear_real_size("bf16")
+        test_gpu_rms_norm_real_size("bf16")
     finally:
         GPU.clear()
         GPU.update(saved)
@@ -713,7 +788,7 @@ def test_gpu_dispatcher_picks_triton() -> None:
         assert kernels.active_backend("cuda") == "triton"
         backends = kernels.op_backends("cuda")
     for op in ("selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update",
-               "mamba_decode_step"):
+               "mamba_decode_step", "expert_linear", "rms_norm"):
         assert backends[op] == "triton", backends
 
 
