@@ -37,6 +37,10 @@ class AttentionInputs:
     rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin: (B, L, hd) in the model dtype
     mask: torch.Tensor | None  # (B or 1, 1, L, T) bool, True = may attend; None with is_causal
     is_causal: bool
+    # A decode step whose cache slot is a device tensor (1,) long instead of ``start`` (what a
+    # CUDA graph replays, see model.cuda_graph): K/V are written at that slot and attention
+    # runs over ALL max_len slots of the cache under ``mask`` (B, 1, 1, max_len).
+    slot: torch.Tensor | None = None
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -125,6 +129,9 @@ class Attention(nn.Module):
             q, k, v = qkv(x).split(sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if inputs.slot is not None:
+            assert kv is not None and length == 1 and inputs.mask is not None
+            return self.o_proj(self._decode_at_slot(q, k, v, inputs, kv))  # (B, 1, D)
         if kv is not None and length == 1 and inputs.mask is None and not inputs.is_causal:
             # A plain decode step: RoPE, the cache write and attention in one op.
             cos, sin = inputs.rope if inputs.rope is not None else (None, None)
@@ -149,3 +156,27 @@ class Attention(nn.Module):
                 enable_gqa=self.num_heads != self.num_kv_heads,
             )  # (B, H, L, hd)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.num_heads * hd))
+
+    def _decode_at_slot(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs,
+        kv: KVState,
+    ) -> torch.Tensor:
+        """One token per row with fixed shapes and no host sync (see ``AttentionInputs.slot``):
+        RoPE, the K/V write at ``inputs.slot`` and attention over every cache slot under
+        ``inputs.mask``. q (B, 1, H*hd), k and v (B, 1, Hkv*hd) -> (B, 1, H*hd)."""
+        assert inputs.slot is not None
+        b, hd = q.shape[0], self.head_dim
+        q = q.reshape(b, 1, self.num_heads, hd)
+        k = k.reshape(b, 1, self.num_kv_heads, hd)
+        v = v.reshape(b, 1, self.num_kv_heads, hd)
+        if inputs.rope is not None:
+            cos, sin = inputs.rope
+            q, k = kernels.rope(q, cos, sin), kernels.rope(k, cos, sin)
+        kv.k.index_copy_(2, inputs.slot, k.transpose(1, 2).to(kv.k.dtype))
+        kv.v.index_copy_(2, inputs.slot, v.transpose(1, 2).to(kv.v.dtype))
+        with kernels.sdpa_backends(q):
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), kv.k.to(q.dtype), kv.v.to(q.dtype), attn_mask=inputs.mask,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )  # (B, H, 1, hd)
+        return out.transpose(1, 2).reshape(b, 1, self.num_heads * hd)

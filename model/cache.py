@@ -120,6 +120,7 @@ class HybridCache:
         self.pad_mask = torch.ones(batch_size, max_len, dtype=torch.bool, **kw)
         self.num_real = torch.zeros(batch_size, dtype=torch.long, **kw)
         self.has_padding = False  # a Python flag so unpadded decode never syncs on the mask
+        self.decode_graph: object | None = None  # a model.cuda_graph.DecodeGraph on CUDA
 
     # ------------------------------------------------------------------ accounting
     def nbytes(self) -> int:

@@ -35,6 +35,11 @@ step (layers, final norm, LM head) is ONE call of a ``DecodePlan`` built from th
 arguments (:mod:`model.kernels.decode_plan`; 5% faster on the 300M Jamba, whose Python between
 ops ran on caches the weights had just streamed through).
 
+On CUDA a plain decode step (one token per row, no padding in the call, no gradient) replays a
+CUDA graph recorded once per cache (:mod:`model.cuda_graph`, ``_decode_at_slot``): a small
+model's step is a few hundred kernel launches, which Python issues slower than the GPU runs
+them. ``model.cuda_graphs = False`` turns it off.
+
 ``CausalLM(config)`` leaves the weights uninitialised: build models with ``model.hf.build_model``
 or ``model.hf.load_hf_dir`` (or the GGUF loader, which goes through ``build_model``).
 """
@@ -45,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import kernels
+from model import cuda_graph, kernels
 from model.attention import Attention, AttentionInputs, causal_mask, rope_cos_sin, rope_inv_freq
 from model.cache import HybridCache, KVState, MambaState
 from model.config import LayerSpec, ModelConfig
@@ -323,6 +328,9 @@ class CausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self._inv_freq: torch.Tensor | None = None  # RoPE table, built lazily on the right device
+        # Plain decode steps on CUDA replay a CUDA graph per cache (model.cuda_graph); False
+        # launches every kernel from Python instead.
+        self.cuda_graphs = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -405,6 +413,34 @@ class CausalLM(nn.Module):
         real = torch.ones(b, length, dtype=torch.long, device=self.device) if pad is None else pad.long()
         return (before + real.cumsum(dim=1) - 1).clamp(min=0)
 
+    def _rope_inv_freq(self) -> torch.Tensor:
+        if self._inv_freq is None or self._inv_freq.device != self.device:
+            self._inv_freq = rope_inv_freq(self.config).to(self.device)
+        return self._inv_freq
+
+    def _decode_at_slot(
+        self, input_ids: torch.Tensor, cache: HybridCache, slot: torch.Tensor
+    ) -> torch.Tensor:
+        """One decode step with fixed shapes and no host sync, what a CUDA graph can record
+        (:mod:`model.cuda_graph`): input_ids (B, 1) go to cache slot ``slot`` (a (1,) long
+        tensor, = ``cache.seq_len``), attention runs over all ``max_len`` slots under a mask,
+        RoPE positions are ``cache.num_real``. The caller writes the pad mask of the new slot
+        first (``cache._write_mask``) and advances the cache after. Returns logits (B, 1, V) fp32."""
+        keys = torch.arange(cache.max_len, device=slot.device)
+        allowed = keys <= slot  # (S,)
+        window = self.config.sliding_window
+        if window is not None:
+            allowed = allowed & (keys > slot - window)
+        mask = (allowed & cache.pad_mask)[:, None, None, :]  # (B, 1, 1, S)
+        rope = None
+        if self.config.rope_theta is not None:
+            rope = rope_cos_sin(self._rope_inv_freq(), cache.num_real[:, None], self.dtype)
+        attn = AttentionInputs(start=-1, rope=rope, mask=mask, is_causal=False, slot=slot)
+        h = self.embed_tokens(input_ids)  # (B, 1, D)
+        for block, state in zip(self.layers, cache.layers, strict=True):
+            h = block._ffn(block._mixer(h, attn, None, state))
+        return self.lm_head(self.norm(h)).float()
+
     def _check(self, input_ids: torch.Tensor, cache: HybridCache | None,
                pad_mask: torch.Tensor | None, logits_to_keep: int | None) -> None:
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
@@ -457,12 +493,16 @@ class CausalLM(nn.Module):
             return torch.zeros(b, 0, self.config.vocab_size, device=self.device)
         start = 0 if cache is None else cache.seq_len
         pad = pad_mask if pad_mask is not None and not bool(pad_mask.all()) else None
+        if (
+            cache is not None and length == 1 and pad is None and logits_to_keep != 0
+            and self.cuda_graphs and self.device.type == "cuda" and not torch.is_grad_enabled()
+        ):
+            return cuda_graph.decode_step(self, cache, input_ids)
 
         rope = None
         if self.config.rope_theta is not None:
-            if self._inv_freq is None or self._inv_freq.device != self.device:
-                self._inv_freq = rope_inv_freq(self.config).to(self.device)
-            rope = rope_cos_sin(self._inv_freq, self._positions(b, length, start, pad, cache), self.dtype)
+            rope = rope_cos_sin(self._rope_inv_freq(), self._positions(b, length, start, pad, cache),
+                                self.dtype)
         if cache is not None:
             cache._write_mask(pad, length)
             key_real = cache.pad_mask[:, : start + length] if cache.has_padding else None
