@@ -45,7 +45,21 @@ __all__ = [
 ]
 
 FinishReason = Literal["stop", "length"]
-PREFILL_CHUNK = 512  # tokens per prefill call: bounds the (B, chunk, V) fp32 logits
+PREFILL_CHUNK = 512  # tokens per row in one prefill call on the CPU (see prefill_chunk)
+GPU_PREFILL_TOKENS = 8192  # tokens in one prefill call on a GPU, all rows together
+
+
+def prefill_chunk(device: torch.device, batch: int = 1) -> int:
+    """Tokens per row in one prefill call: bounds the activations a call holds.
+
+    On the CPU 512: longer chunks gained nothing measurable (a prefill there is bound by the
+    matmuls). On a GPU a call of a small model is bound by launching its kernels from the host,
+    so prefill takes fewer, longer calls: 8192 tokens a call across the batch. The 300M Jamba
+    prefilled 2048 tokens on an H100 in 130 ms as four calls of 512, in 28 ms as one.
+    """
+    if device.type == "cpu":
+        return PREFILL_CHUNK
+    return max(PREFILL_CHUNK, GPU_PREFILL_TOKENS // max(batch, 1))
 
 
 class LogitsProcessor(Protocol):
@@ -213,8 +227,9 @@ def _prefill(
     padded = not bool(mask.all())
     cache = model.new_cache(len(prompts), max_len)
     logits = None
-    for start in range(0, longest, PREFILL_CHUNK):
-        chunk = slice(start, start + PREFILL_CHUNK)
+    step = prefill_chunk(device, len(prompts))
+    for start in range(0, longest, step):
+        chunk = slice(start, start + step)
         # Only the last position's logits are used: skip the LM head for the rest (a batch of
         # 50 x 512 rows would otherwise build a 5 GB fp32 tensor on a 49k vocabulary).
         out = model(ids[:, chunk], cache=cache, pad_mask=mask[:, chunk] if padded else None,
