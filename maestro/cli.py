@@ -25,7 +25,7 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("worker", "worker", "Claim and execute queued runs."),
     ("serve", "serve", "Serve the OpenAI-compatible API and the runs API."),
     ("tui", "tui", "Open the terminal UI."),
-    ("bench", "bench", "Benchmarks: engine, core, memory, tools, state."),
+    ("bench", "bench", "Benchmarks: engine, gpu, core, memory, tools, state."),
     ("db", "db", "Database schema management."),
 )
 

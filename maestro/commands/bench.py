@@ -1,4 +1,4 @@
-"""``maestro bench engine|core|memory|tools``: speed and memory against competitors."""
+"""``maestro bench engine|gpu|core|memory|tools``: speed and memory against competitors."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ def _run(name: str, json_output: bool, quick: bool) -> None:
 def engine(json_output: JsonOption = False, quick: QuickOption = False) -> None:
     """Prefill/decode speed, memory and cache size: ours vs transformers (and llama.cpp)."""
     _run("engine", json_output, quick)
+
+
+@app.command()
+def gpu(json_output: JsonOption = False, quick: QuickOption = False) -> None:
+    """The engine on a CUDA GPU: prefill/decode speed vs transformers, with and without CUDA graphs."""
+    _run("gpu", json_output, quick)
 
 
 @app.command()
