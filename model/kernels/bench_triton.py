@@ -222,6 +222,18 @@ def _launches(dtype: torch.dtype) -> Iterator[tuple[str, Any, tuple, dict]]:
         triton_decode.mamba_decode_step(**decode)
     yield ("mamba_decode_step [1/2]", *first[0])
     yield ("mamba_decode_step [2/2]", *second[0])
+    from model.kernels import triton_expert, triton_rms_norm
+
+    # Jamba-v0.1's MoE (16 experts, hidden 4096, FFN 14336): the up projection of 2 slots
+    x = torch.empty(2, 4096, dtype=dtype, device=meta)
+    experts = torch.empty(16, 14336, 4096, dtype=dtype, device=meta)
+    with _captured_launches(triton_expert, "_expert_linear_kernel") as calls:
+        triton_expert.expert_linear(x, experts, torch.empty(2, dtype=torch.long, device=meta))
+    yield ("expert_linear", *calls[0])
+    rows = torch.empty(1, LENGTH, 4096, dtype=dtype, device=meta)
+    with _captured_launches(triton_rms_norm, "_rms_norm_kernel") as calls:
+        triton_rms_norm.rms_norm(rows, torch.empty(4096, dtype=dtype, device=meta), 1e-6)
+    yield ("rms_norm", *calls[0])
 
 
 def _bare_launches(dtype: torch.dtype) -> Iterator[tuple[str, Any, tuple, dict]]:
