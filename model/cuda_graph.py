@@ -19,8 +19,8 @@ A ``DecodeGraph`` belongs to one cache, since it reads and writes that cache's b
 lives in ``cache.decode_graph``. Its first step runs the same code eagerly, which also compiles
 the Triton kernels and builds the fused weights. The second step records the graph, then
 replays it. It is recorded again when the model's weights were replaced (``.to()``,
-``quantize_``, a loader: :func:`model.layers.note_change`) or a Mamba layer's ``A_log`` was
-written in place. Other in-place weight writes go to the memory the graph reads.
+``quantize_``, a loader: :func:`model.layers.note_change`), a Mamba layer's ``A_log`` was
+written in place, or ``kernels.use()`` switched the CUDA backend. Other in-place weight writes go to the memory the graph reads.
 
 The step's logits are copied out of the graph's static output, so a caller may keep them.
 ``CausalLM.forward`` takes this path on CUDA for a plain decode step: one token per row, no
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from model import kernels
 from model.cache import HybridCache
 from model.layers import cached_by_identity
 from model.mamba import MambaMixer
@@ -67,7 +68,8 @@ class DecodeGraph:
             self.model, "_cuda_graph_weights",
             lambda: [*self.model.parameters(), *self.model.buffers()], object,
         )
-        return (weights, *(m.A_log._version for m in self._mixers))
+        backend = kernels.active_backend(self.model.device)  # kernels.use() switched since?
+        return (weights, backend, *(m.A_log._version for m in self._mixers))
 
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
         """One decode step: input_ids (B, 1) -> logits (B, 1, V) fp32; advances the cache."""

@@ -7,7 +7,8 @@ on-device routing equals the grouped path.
 
 On a GPU (``gpu``, skipped without CUDA): decoding through the recorded graph equals decoding
 with ``model.cuda_graphs = False``, the graph is recorded once, and again after the weights
-were converted or ``A_log`` written in place; a restored snapshot continues correctly.
+were replaced, ``A_log`` written in place or the kernel backend switched; a restored snapshot
+continues correctly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model import kernels
 from model.cache import HybridCache
 from model.hf import load_hf_dir
 from model.transformer import CausalLM
@@ -200,4 +202,7 @@ def test_gpu_graph_is_recorded_again_after_weights_change(checkpoint_factory):
     mixer.D = torch.nn.Parameter(mixer.D.detach().clone())  # a replaced weight: new address
     with torch.no_grad():
         model(follow[:, :1], cache)
-    assert graph.recordings == 3
+        assert graph.recordings == 3
+        with kernels.use("ref"):  # another backend: the Triton launches must not replay
+            model(follow[:, 1:2], cache)
+            assert graph.recordings == 4
