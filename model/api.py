@@ -38,7 +38,7 @@ from model.generate import (
     generate_batch,
     generate_stream,
 )
-from model.prefix_cache import PrefixCache
+from model.prefix_cache import PrefixCache, default_block_size
 from model.registry import Progress, resolve
 from model.tokenizer import Tokenizer
 
@@ -90,9 +90,11 @@ class LanguageModel:
         one (a quantised model computes slightly different states, so they do not mix)."""
         return self.name if self.quantization == "none" else f"{self.name}+{self.quantization}"
 
-    def enable_prefix_cache(self, max_bytes: int = 512 * 2**20, block_size: int = 512) -> PrefixCache:
-        """Reuse prompt-prefix states from now on, keeping at most ``max_bytes`` of them."""
-        self.prefix_cache = PrefixCache(max_bytes, block_size)
+    def enable_prefix_cache(self, max_bytes: int = 512 * 2**20,
+                            block_size: int | None = None) -> PrefixCache:
+        """Reuse prompt-prefix states from now on, keeping at most ``max_bytes`` of them;
+        ``block_size`` defaults to the model's prefill chunk (512 on the CPU, 8192 on a GPU)."""
+        self.prefix_cache = PrefixCache(max_bytes, block_size or default_block_size(self.model.device))
         return self.prefix_cache
 
     @property
@@ -360,7 +362,8 @@ class LanguageModel:
         )
         if not more and loaded.logits is None:
             raise ValueError("this stored state has no next-token logits; pass a continuation")
-        cache = self.prefix_cache if self.prefix_cache is not None else PrefixCache(2**62, record=False)
+        cache = self.prefix_cache if self.prefix_cache is not None else PrefixCache(
+            2**62, default_block_size(self.model.device), record=False)
         cache.insert_snapshot(loaded.token_ids, loaded.snapshot, loaded.logits)
         params = SamplingParams(**sampling)
         return generate_batch(
@@ -423,7 +426,8 @@ def load(
         if progress:
             progress(f"quantising to {quantize}")
         quantize_(network, quantize)
-    cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+    cache = (PrefixCache(prefix_cache_bytes, default_block_size(network.device))
+             if prefix_cache_bytes > 0 else None)
     return LanguageModel(
         network, tokenizer, name=resolved.name, path=resolved.path, prefix_cache=cache,
         quantization=quantize,

@@ -8,7 +8,8 @@ at chosen positions, and a request can resume from any of them whose tokens are 
 prompt:
 
 - at **block boundaries** (every ``block_size`` tokens, aligned to the prefill chunks, so a
-  cold prefill with the cache on computes exactly what it computes without it), and
+  cold prefill with the cache on computes exactly what it computes without it; see
+  :func:`default_block_size`), and
 - at **marked positions** inside a block: the ends of chat messages (``boundaries``) and the
   end of each prompt, where the next turn's prompt is most likely to branch.
 
@@ -44,9 +45,18 @@ if TYPE_CHECKING:
     from model.cache import HybridCache
     from model.transformer import CausalLM
 
-__all__ = ["PrefixCache", "PrefixCacheStats", "PrefixMatch"]
+__all__ = ["PrefixCache", "PrefixCacheStats", "PrefixMatch", "default_block_size"]
 
 DEFAULT_BLOCK_SIZE = 512  # = generate.PREFILL_CHUNK: cold prefills chunk exactly as without cache
+
+
+def default_block_size(device: torch.device) -> int:
+    """The block size for a model on ``device``: its prefill chunk (``generate.prefill_chunk``:
+    512 on the CPU, 8192 on a GPU), so that a cold prefill with the cache on runs the same
+    calls as without it, and a GPU prefill is not cut into launch-bound 512-token calls."""
+    from model.generate import prefill_chunk
+
+    return prefill_chunk(device)
 _ROOT = b""
 
 
@@ -247,14 +257,19 @@ class PrefixCache:
         prompt: Sequence[int],
         max_len: int,
         boundaries: Sequence[int] = (),
-        chunk: int = DEFAULT_BLOCK_SIZE,
+        chunk: int | None = None,
     ) -> tuple[torch.Tensor, HybridCache, int]:
         """Run ``prompt`` into a fresh cache, reusing the longest cached prefix.
 
         Returns the last logits (1, V), the cache (ready to decode, ``max_len`` slots) and the
         number of prompt tokens restored rather than computed. Snapshots are recorded at block
-        boundaries, at ``boundaries`` (e.g. message ends) and at the prompt's end.
+        boundaries, at ``boundaries`` (e.g. message ends) and at the prompt's end. ``chunk``
+        (default ``generate.prefill_chunk`` for the model's device) caps the tokens per call.
         """
+        if chunk is None:
+            from model.generate import prefill_chunk
+
+            chunk = prefill_chunk(model.device)
         prompt = [int(t) for t in prompt]
         config_hash = model.config.config_hash()
         with self._lock:

@@ -149,3 +149,15 @@ def test_smollm2_chat_reuses_the_shared_system_prompt(smollm2):
         assert r.usage.cached_tokens == len(ids2)
     finally:
         smollm2.prefix_cache = None
+
+
+def test_block_size_follows_the_prefill_chunk_of_the_device():
+    """Blocks align with the prefill calls: 512 tokens on the CPU; on a GPU, where a prefill
+    call is bound by kernel launches, 8192 tokens a call across the batch."""
+    from model.generate import prefill_chunk
+    from model.prefix_cache import default_block_size
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert prefill_chunk(cpu) == prefill_chunk(cpu, 16) == 512 == default_block_size(cpu)
+    assert prefill_chunk(gpu) == 8192 == default_block_size(gpu)
+    assert prefill_chunk(gpu, 4) == 2048 and prefill_chunk(gpu, 64) == 512
