@@ -20,7 +20,9 @@ lives in ``cache.decode_graph``. Its first step runs the same code eagerly, whic
 the Triton kernels and builds the fused weights. The second step records the graph, then
 replays it. It is recorded again when the model's weights were replaced (``.to()``,
 ``quantize_``, a loader: :func:`model.layers.note_change`), a Mamba layer's ``A_log`` was
-written in place, or ``kernels.use()`` switched the CUDA backend. Other in-place weight writes go to the memory the graph reads.
+written in place, or ``kernels.use()`` switched the CUDA backend. If recording fails (a layer
+that syncs with the host, e.g. quantised MoE experts), the cache decodes eagerly from then on,
+with one warning. Other in-place weight writes go to the memory the graph reads.
 
 The step's logits are copied out of the graph's static output, so a caller may keep them.
 ``CausalLM.forward`` takes this path on CUDA for a plain decode step: one token per row, no
@@ -30,6 +32,7 @@ False to launch every kernel as before, e.g. to profile the kernels one by one.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -43,6 +46,8 @@ from model.mamba import MambaMixer
 
 if TYPE_CHECKING:
     from model.transformer import CausalLM
+
+logger = logging.getLogger(__name__)
 
 
 class DecodeGraph:
@@ -59,6 +64,7 @@ class DecodeGraph:
         self.logits: torch.Tensor | None = None  # the graph's static output
         self.key: tuple[object, ...] | None = None  # what the graph was recorded against
         self.warm = False
+        self.failed: str | None = None  # why recording failed; the steps then run eagerly
         self.recordings = 0  # how many times a graph was recorded (tests read it)
         self.record_seconds = 0.0  # wall time of the last recording (the bench reports it)
         self._mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
@@ -79,27 +85,33 @@ class DecodeGraph:
         self.slot.fill_(cache.seq_len)
         cache._write_mask(None, 1)
         key = self._key()
-        if not self.warm:  # first step: eager, so lazy state (Triton, fused weights) exists
-            logits = self.model._decode_at_slot(self.ids, cache, self.slot)
-            self.warm = True
-        else:
-            if self.graph is None or key != self.key:
-                self._record(cache)
-                self.key = key
-            assert self.graph is not None and self.logits is not None
+        # The first step runs eagerly, so lazy state (Triton compiles, fused weights) exists
+        # before recording; a step that could not be recorded runs eagerly from then on.
+        if self.warm and self.failed is None and (self.graph is None or key != self.key):
+            self._record(cache, key)
+        if self.graph is not None and self.logits is not None:
             self.graph.replay()
             logits = self.logits.clone()
+        else:
+            logits = self.model._decode_at_slot(self.ids, cache, self.slot)
+        self.warm = True
         cache._advance(None, 1)
         return logits
 
-    def _record(self, cache: HybridCache) -> None:
+    def _record(self, cache: HybridCache, key: tuple[object, ...]) -> None:
         self.graph, self.logits = None, None  # free the old graph's pool first
         started = time.perf_counter()
-        graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            self.logits = self.model._decode_at_slot(self.ids, cache, self.slot)
-        self.graph = graph
+        try:
+            graph = torch.cuda.CUDAGraph()
+            torch.cuda.synchronize()
+            with torch.cuda.graph(graph):
+                logits = self.model._decode_at_slot(self.ids, cache, self.slot)
+        except RuntimeError as exc:  # e.g. a layer that syncs with the host (quantised experts)
+            self.failed = f"{type(exc).__name__}: {exc}"
+            logger.warning("decoding without a CUDA graph: recording the step failed (%s)",
+                           self.failed)
+            return
+        self.graph, self.logits, self.key = graph, logits, key
         self.recordings += 1
         self.record_seconds = time.perf_counter() - started
 

@@ -90,6 +90,34 @@ def test_graph_first_step_runs_eagerly_and_advances_the_cache(checkpoint_factory
     assert graphed.seq_len == 9 and graphed.num_real.tolist() == [9, 9]
 
 
+def test_a_step_that_cannot_be_recorded_runs_eagerly(checkpoint_factory, kernel_backend,
+                                                    monkeypatch, caplog):
+    """Recording fails (here: no CUDA; on a GPU, a layer that syncs with the host): the cache
+    goes on decoding eagerly, correctly, with one warning, and does not retry every step."""
+    from model.cuda_graph import DecodeGraph
+
+    tries = []
+
+    def refuse() -> None:
+        tries.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", refuse)
+    model = load_hf_dir(checkpoint_factory("v01_pattern").path)
+    ids = _tokens(model, 1, 12, seed=5)
+    with torch.no_grad():
+        plain, graphed = model.new_cache(1, 16), model.new_cache(1, 16)
+        model(ids[:, :8], plain)
+        model(ids[:, :8], graphed)
+        graph = DecodeGraph(model, graphed)
+        for t in range(8, 12):
+            want = model(ids[:, t : t + 1], plain)
+            assert (graph.step(ids[:, t : t + 1]) - want).abs().max().item() <= TOL
+    assert len(tries) == 1 and graph.graph is None and "stream is capturing" in graph.failed
+    assert graphed.seq_len == 12
+    assert sum("without a CUDA graph" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_a_cache_and_its_graph_are_freed_without_the_cycle_collector(checkpoint_factory):
     """The graph lives on the cache; a cycle back would keep a finished cache's (GPU) buffers
     until the cycle collector ran."""
