@@ -73,6 +73,13 @@ def test_step_at_a_slot_equals_the_plain_step(name, lengths, checkpoint_factory,
             assert (x.float() - y.float()).abs().max().item() <= TOL
 
 
+def _prefilled_twice(model: CausalLM, ids: torch.Tensor, max_len: int) -> list[HybridCache]:
+    caches = [model.new_cache(ids.shape[0], max_len) for _ in range(2)]
+    for cache in caches:
+        model(ids, cache)
+    return caches
+
+
 def test_graph_first_step_runs_eagerly_and_advances_the_cache(checkpoint_factory, kernel_backend):
     """The bookkeeping around the recorded step (token buffer, slot, pad mask, advance), on the
     CPU where DecodeGraph's first, eager step runs as on a GPU."""
@@ -81,9 +88,7 @@ def test_graph_first_step_runs_eagerly_and_advances_the_cache(checkpoint_factory
     model = load_hf_dir(checkpoint_factory("llama").path)
     ids = _tokens(model, 2, 9, seed=4)
     with torch.no_grad():
-        plain, graphed = model.new_cache(2, 16), model.new_cache(2, 16)
-        model(ids[:, :8], plain)
-        model(ids[:, :8], graphed)
+        plain, graphed = _prefilled_twice(model, ids[:, :8], 16)
         want = model(ids[:, 8:], plain)
         got = DecodeGraph(model, graphed).step(ids[:, 8:])
     assert (got - want).abs().max().item() <= TOL
@@ -106,9 +111,7 @@ def test_a_step_that_cannot_be_recorded_runs_eagerly(checkpoint_factory, kernel_
     model = load_hf_dir(checkpoint_factory("v01_pattern").path)
     ids = _tokens(model, 1, 12, seed=5)
     with torch.no_grad():
-        plain, graphed = model.new_cache(1, 16), model.new_cache(1, 16)
-        model(ids[:, :8], plain)
-        model(ids[:, :8], graphed)
+        plain, graphed = _prefilled_twice(model, ids[:, :8], 16)
         graph = DecodeGraph(model, graphed)
         for t in range(8, 12):
             want = model(ids[:, t : t + 1], plain)
