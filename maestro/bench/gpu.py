@@ -43,12 +43,11 @@ import functools
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 from maestro.bench import machine_info
-from maestro.bench.engine import _hf_jamba, _llama_hf_config
+from maestro.bench.engine import _hf_jamba, _llama_hf_config, _timed
 
 FULL = {"prefill": [2048, 8192], "decode_after": [512, 8192], "steps": 64, "reps": 3,
         "hf_jamba_max": 2048}
@@ -56,13 +55,15 @@ QUICK = {"prefill": [64], "decode_after": [32], "steps": 8, "reps": 1, "hf_jamba
 
 
 def _synced(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes on the GPU too: the queue is drained before and after."""
     import torch
 
+    def drained() -> None:
+        fn()
+        torch.cuda.synchronize()
+
     torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return _timed(drained)
 
 
 class _Ours:

@@ -268,7 +268,7 @@ def _(x, weight, eps):
 def rms_norm(x, weight, eps):
     """Triton RMSNorm; contract of :func:`model.kernels.rms_norm_ref` (a weight of another
     dtype than x, or rows wider than the kernel holds, run the reference)."""
-    if weight.dtype != x.dtype or x.shape[-1] > triton_rms_norm.MAX_WIDTH or x.numel() == 0:
+    if not triton_rms_norm.fits(x, weight):
         return rms_norm_ref(x, weight, eps)
     return _call(_rms_norm_op, triton_rms_norm.rms_norm, x, weight, float(eps))
 

@@ -3,7 +3,7 @@
 Same contract as :func:`model.kernels.rms_norm_ref`: fp32 statistics, the normalised row cast
 to x's dtype BEFORE the weight multiply (the Hugging Face order), the product rounded to x's
 dtype. One program normalises one row held whole in registers (rows up to 64k wide; wider
-ones, and a weight of another dtype than x, go to the reference).
+ones, and a weight of another dtype than x, go to the reference: see :func:`fits`).
 
 Why: a GPU prefill chunk of a small model is bound by kernel launches from the host, and the
 norms were the largest group of them (five per Mamba layer: the block's two and the mixer's
@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from model.kernels.rms_norm import rms_norm_ref
 
 MAX_WIDTH = 65536
 
@@ -33,11 +31,16 @@ def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, n_cols, s_x_row, s_y_row, eps, BLOCK: 
     tl.store(y_ptr + row * s_y_row + offs, w * normed, mask=mask)
 
 
+def fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the kernel takes these inputs (else the reference runs them)."""
+    return weight.dtype == x.dtype and x.shape[-1] <= MAX_WIDTH and x.numel() > 0
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Triton RMSNorm; contract of :func:`model.kernels.rms_norm_ref`."""
+    """Triton RMSNorm; contract of :func:`model.kernels.rms_norm_ref`, for inputs that
+    :func:`fits` (the backend's ``rms_norm`` sends the others to the reference)."""
+    assert fits(x, weight), "rms_norm kernel: weight dtype differs from x's, or rows too wide"
     width = x.shape[-1]
-    if weight.dtype != x.dtype or width > MAX_WIDTH or x.numel() == 0:
-        return rms_norm_ref(x, weight, eps)
     rows = x.reshape(-1, width)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
