@@ -25,6 +25,7 @@ Tool calls (see ``model.tool_calls``)::
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from model.generate import (
 from model.prefix_cache import PrefixCache, default_block_size
 from model.registry import Progress, resolve
 from model.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +85,7 @@ class LanguageModel:
         self.name = name
         self.path = path
         self.prefix_cache = prefix_cache  # None: every prompt is prefilled from scratch
-        self.quantization = quantization  # "none" | "int8" | "int4" (model.quant)
+        self.quantization = quantization  # "none" | "int8" | "int4" | "bf16" (model.quant)
 
     @property
     def state_id(self) -> str:
@@ -389,7 +392,9 @@ def load(
     ``download=False``. GGUF tensors are dequantised to ``dtype``. ``prefix_cache_bytes > 0``
     turns the prefix-state cache on with that budget. ``quantize="int8"|"int4"`` stores the
     linear weights as int8 per row or 4-bit groups (``model.quant``): decode reads 4x/6x fewer
-    weight bytes, at a small cost in accuracy; ``"none"`` keeps ``dtype``. ``kv_dtype="float16"``
+    weight bytes, at a small cost in accuracy; ``"bf16"`` stores them in bf16 (exact for a bf16
+    checkpoint) and computes in ``dtype``: half the bytes of fp32, without the emulated bf16
+    matmul of CPUs that lack AVX512-BF16/AMX; ``"none"`` keeps ``dtype``. ``kv_dtype="float16"``
     keeps the attention layers' K/V cache in half precision: half the memory per token of
     context, and long-context decode reads half the cache bytes.
     """
@@ -403,10 +408,16 @@ def load(
         isinstance(kv_torch_dtype, torch.dtype) and kv_torch_dtype.is_floating_point
     ):
         raise ValueError(f"kv_dtype must be a floating-point torch dtype or its name, got {kv_dtype!r}")
-    from model.quant import MODES, quantize_
+    from model.quant import MODES, native_bf16, quantize_
 
     if quantize not in MODES:
         raise ValueError(f"unknown quantisation {quantize!r}; choose one of {', '.join(MODES)}")
+    if torch_dtype == torch.bfloat16 and torch.device(device).type == "cpu" and not native_bf16():
+        logger.warning(
+            "dtype=bfloat16 on a CPU without native bf16 matmul (no avx512_bf16 or amx_bf16): "
+            "PyTorch emulates it, ~50x slower than float32. For bf16 weights with float32 "
+            "arithmetic, load with dtype='float32', quantize='bf16'."
+        )
     resolved = resolve(name_or_path, download=download, progress=progress)
     if progress:
         progress(f"loading {resolved.name}")

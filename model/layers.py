@@ -286,7 +286,7 @@ class MoE(nn.Module):
         probs = F.softmax(self.router(x).float(), dim=-1)  # (B*L, E) fp32
         weights, experts = torch.topk(probs, self.top_k, dim=-1)  # (B*L, k), no renormalisation
         weights = weights.to(x.dtype)
-        if x.device.type != "cpu" and x.shape[0] <= 16 and self._stacks_are_tensors():
+        if x.device.type != "cpu" and x.shape[0] <= 16 and self._stacks_in(x.dtype):
             return self._routed_on_device(x, weights, experts).reshape(shape)
         if x.shape[0] == 1:  # one token (a decode step): its k experts directly, no grouping
             out = torch.zeros_like(x)
@@ -308,7 +308,7 @@ class MoE(nn.Module):
                 continue
             xe = routed[start : start + count]  # (count, D)
             h = F.silu(_expert_linear(xe, self.gate_proj, e)) * _expert_linear(xe, self.up_proj, e)
-            if isinstance(self.down_proj, torch.Tensor):  # (count, I) -> (count, D)
+            if isinstance(self.down_proj, torch.Tensor) and self.down_proj.dtype == h.dtype:
                 torch.mm(h, self.down_proj[e].t(), out=y[start : start + count])
             else:
                 y[start : start + count] = _expert_linear(h, self.down_proj, e)
@@ -322,8 +322,10 @@ class MoE(nn.Module):
         out = (y * weights[..., None]).sum(dim=1)  # (B*L, D)
         return out.reshape(shape)
 
-    def _stacks_are_tensors(self) -> bool:
-        return all(isinstance(w, torch.Tensor) for w in (self.gate_proj, self.up_proj, self.down_proj))
+    def _stacks_in(self, dtype: torch.dtype) -> bool:
+        """Whether the expert stacks are plain tensors of ``dtype`` (not quantised ones)."""
+        return all(isinstance(w, torch.Tensor) and w.dtype == dtype
+                   for w in (self.gate_proj, self.up_proj, self.down_proj))
 
     def _routed_on_device(
         self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor

@@ -70,12 +70,12 @@ class MambaMixer(nn.Module):
         keep = None if pad is None else pad[:, None, :].to(h.dtype)  # (B, 1, L)
         if pad is not None:
             h = h * pad[..., None].to(h.dtype)
-        if isinstance(self.in_proj, nn.Linear) and length > 1:
+        if isinstance(self.in_proj, nn.Linear) and self.in_proj.weight.dtype == h.dtype and length > 1:
             # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read, no copy.
             xz = self.in_proj.weight @ h.transpose(1, 2)  # (B, 2ED, L)
             if self.in_proj.bias is not None:
                 xz = xz + self.in_proj.bias[:, None]
-        else:  # one token (the matvec kernel) or quantised (model.quant): (B, L, 2ED) seen as
+        else:  # one token (the matvec kernel) or quantised weights (model.quant): (B, L, 2ED) as
             xz = self.in_proj(h).transpose(1, 2)  # (B, 2ED, L); the kernels take strides
         x, z = xz.chunk(2, dim=1)  # (B, ED, L) each
         A = self._A()  # (ED, N) fp32

@@ -1,7 +1,9 @@
 """``maestro bench engine``: our engine against transformers (and llama.cpp) on the same weights.
 
 Two models, each run by several engines ("ours" in fp32, bf16, int8 or int4 weights;
-transformers; llama.cpp):
+transformers; llama.cpp). Ours in bf16 computes in bf16 where the CPU multiplies bf16 natively,
+else in fp32 on bf16 weights (``quantize="bf16"``); transformers' bf16 engines run only where
+it is native (elsewhere PyTorch emulates the matmul, ~50x slower than fp32):
 
 - ``jamba-300m``: random weights with Jamba-v0.1's layer pattern (``ModelConfig.jamba_300m``).
   transformers' ``JambaForCausalLM`` is built from a fixed seed and our model is loaded from its
@@ -55,29 +57,22 @@ LONG_CONTEXT = 32768  # the context the cache comparison is extrapolated to
 _SEED = 1234
 
 # Engines per model, as "implementation/weights". The first is the one whose peak RSS and
-# cache are compared with the second. bf16 engines run only where the CPU multiplies bf16
-# natively, llama.cpp only where llama-cpp-python is installed (see _engines).
+# cache are compared with the second. transformers' bf16 engines run only where the CPU
+# multiplies bf16 natively, llama.cpp only where llama-cpp-python is installed (see _engines).
 ENGINES = {
-    "jamba-quick": ["ours/fp32", "transformers/fp32", "ours/int8"],
+    "jamba-quick": ["ours/fp32", "transformers/fp32", "ours/int8", "ours/bf16"],
     "jamba-300m": ["ours/fp32", "transformers/fp32", "ours/int8", "llama-300m/fp32", "ours/bf16",
                    "llama-300m/bf16"],
-    "smollm2-135m": ["ours/fp32", "transformers/fp32", "ours/int8", "ours/int4", "transformers/bf16",
-                     "llama.cpp/Q4_1"],
+    "smollm2-135m": ["ours/fp32", "transformers/fp32", "ours/int8", "ours/int4", "ours/bf16",
+                     "transformers/bf16", "llama.cpp/Q4_1"],
 }
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Without it PyTorch's
-    bf16 matmul is emulated: measured 0.8 GFLOP/s on an AVX2 EPYC against 48 in fp32, so bf16
-    runs would take hours and say nothing about the engine."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+    """Whether this CPU multiplies bf16 in hardware (``model.quant.native_bf16``)."""
+    from model.quant import native_bf16 as native
+
+    return bool(native())
 
 
 def has_llama_cpp() -> bool:
@@ -90,7 +85,8 @@ def has_llama_cpp() -> bool:
 def _engines(model: str) -> list[str]:
     return [
         e for e in ENGINES[model]
-        if (native_bf16() or not e.endswith("/bf16")) and (has_llama_cpp() or not e.startswith("llama.cpp"))
+        if (native_bf16() or e == "ours/bf16" or not e.endswith("/bf16"))
+        and (has_llama_cpp() or not e.startswith("llama.cpp"))
     ]
 
 
@@ -359,7 +355,9 @@ def _load(which: str, engine: str, spec: dict[str, Any], shared: Any = None) -> 
     import torch
 
     impl, weights = engine.split("/")
-    dtype = getattr(torch, _DTYPES.get(weights, "float32"))
+    # bf16 arithmetic only where the CPU has it; elsewhere ours keeps bf16 weights, fp32 compute
+    bf16_compute = weights == "bf16" and (impl != "ours" or native_bf16())
+    dtype: Any = torch.bfloat16 if bf16_compute else torch.float32
     if impl == "llama-300m":
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -388,7 +386,7 @@ def _load(which: str, engine: str, spec: dict[str, Any], shared: Any = None) -> 
         from model.gguf import load_gguf
 
         ours = load_gguf(path, dtype)[0]
-    if weights in ("int8", "int4"):
+    if weights in ("int8", "int4") or (weights == "bf16" and not bf16_compute):
         from model.quant import quantize_
 
         quantize_(ours, weights)
@@ -418,7 +416,7 @@ def _quality(gguf: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     reference = None
-    for weights in ("none", "int8", "int4"):
+    for weights in ("none", "int8", "int4", "bf16"):
         lm = load(gguf, quantize=weights, download=False)
         ids = torch.tensor([lm.encode(QUALITY_TEXT)])
         with torch.inference_mode():
@@ -574,12 +572,22 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
                  _at(ours, "decode", last), _at(ours, "decode", first), f"ours after {first}",
                  target=0.9 if model == "jamba-300m" else None)
     bandwidth = get(f"{model}/speed", {}).get("bandwidth_bytes_per_s", {}).get(first)
-    weight_bytes = ours.get("decode_weight_bytes")
-    if bandwidth and weight_bytes:
-        rows.add(f"{model} decode after {first} fp32 vs bandwidth bound", "tok/s",
-                 _at(ours, "decode", first), bandwidth / weight_bytes,
-                 f"bound ({bandwidth / 1e9:.1f} GB/s / {weight_bytes / 2**20:.0f} MiB)",
-                 target=0.9 if model == "jamba-300m" else None)
+    for weights in ("fp32", "bf16", "int8", "int4"):
+        measured = get(f"{model}/ours/{weights}", {})
+        weight_bytes = measured.get("decode_weight_bytes")
+        if bandwidth and weight_bytes:
+            rows.add(f"{model} decode after {first} {weights} vs bandwidth bound", "tok/s",
+                     _at(measured, "decode", first), bandwidth / weight_bytes,
+                     f"bound ({bandwidth / 1e9:.1f} GB/s / {weight_bytes / 2**20:.0f} MiB)",
+                     target=0.9 if model == "jamba-300m" and weights == "fp32" else None)
+    half = get(f"{model}/ours/bf16")
+    if half is not None:  # what half the weight bytes buys, and what widening them costs
+        for n in plan["decode_after"]:
+            rows.add(f"{model} decode after {n} bf16 weights", "tok/s", _at(half, "decode", n),
+                     _at(ours, "decode", n), "ours fp32")
+        for n in lengths:
+            rows.add(f"{model} prefill@{n} bf16 weights", "tok/s", _at(half, "prefill", n),
+                     _at(ours, "prefill", n), "ours fp32")
     for bits in ("int8", "int4"):
         quant = get(f"{model}/ours/{bits}")
         if quant is None:
@@ -595,20 +603,23 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
     if model == "jamba-300m":  # the hybrid against the same-size transformer
         for dtype in ("fp32", "bf16"):
             hybrid, llama = get(f"{model}/ours/{dtype}"), get(f"{model}/llama-300m/{dtype}")
+            llama_name = f"transformers Llama-300M {dtype}"
+            if dtype == "bf16" and llama is None:  # emulated bf16 here: its fastest form instead
+                llama, llama_name = get(f"{model}/llama-300m/fp32"), "transformers Llama-300M fp32"
             if hybrid is None or llama is None:
                 continue
             for n in lengths:
                 rows.add(f"{model} prefill@{n} {dtype} vs Llama", "tok/s", _at(hybrid, "prefill", n),
-                         _at(llama, "prefill", n), f"transformers Llama-300M {dtype}",
+                         _at(llama, "prefill", n), llama_name,
                          target=1.0 if n == max(lengths) else None)
             for n in plan["decode_after"]:
                 rows.add(f"{model} decode after {n} {dtype} vs Llama", "tok/s",
-                         _at(hybrid, "decode", n), _at(llama, "decode", n),
-                         f"transformers Llama-300M {dtype}")
-            rows.add(f"{model} cache @{LONG_CONTEXT} tokens {dtype}", "MiB",
-                     _mib(_long_context_bytes(hybrid, plan["decode_after"])),
-                     _mib(_long_context_bytes(llama, plan["decode_after"])),
-                     f"transformers Llama-300M {dtype}", higher_better=False, target=6.0)
+                         _at(hybrid, "decode", n), _at(llama, "decode", n), llama_name)
+            if llama_name.endswith(dtype):  # same cache dtype on both sides
+                rows.add(f"{model} cache @{LONG_CONTEXT} tokens {dtype}", "MiB",
+                         _mib(_long_context_bytes(hybrid, plan["decode_after"])),
+                         _mib(_long_context_bytes(llama, plan["decode_after"])),
+                         llama_name, higher_better=False, target=6.0)
     if model == "smollm2-135m":
         hf16, cpp = get(f"{model}/transformers/bf16", {}), get(f"{model}/llama.cpp/Q4_1", {})
         best = max(
@@ -620,7 +631,7 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
                      _at(get(f"{model}/{best}", {}), "prefill", lengths[0]),
                      _at(base, "prefill", lengths[0]), base_name, target=1.0)
     quality = get(f"{model}/quality", {})
-    for bits in ("int8", "int4"):
+    for bits in ("int8", "int4", "bf16"):
         if bits in quality and "fp32" in quality:
             rows.add(f"{model} perplexity {bits} (max logit error "
                      f"{quality[bits]['max_logit_error']:.2f})", "ppl",
@@ -719,8 +730,10 @@ def main(
     if not has_llama_cpp() and not quick:
         errors.append("llama.cpp: llama_cpp (llama-cpp-python) is not installed")
     if not native_bf16() and not quick:
-        errors.append("bf16 engines: this CPU has no native bf16 matmul (no avx512_bf16 or "
-                      "amx_bf16), so they were not run; the hybrid-vs-transformer rows are fp32")
+        errors.append("transformers bf16 engines: this CPU has no native bf16 matmul (no "
+                      "avx512_bf16 or amx_bf16), so they were not run; ours/bf16 keeps bf16 "
+                      "weights and computes in fp32, and its hybrid-vs-Llama rows compare with "
+                      "transformers' Llama-300M in fp32")
     comparisons: list[dict[str, Any]] = []
     for model_name in models:
         comparisons += _comparisons(model_name, results, plans[model_name])

@@ -37,13 +37,15 @@ class Quantization(StrEnum):
     none = "none"
     int8 = "int8"
     int4 = "int4"
+    bf16 = "bf16"
 
 
 Quantize = Annotated[
     Quantization,
     typer.Option(
         "--quantize", "-q",
-        help="Store linear weights as int8 or int4 (faster CPU decode, small accuracy cost).",
+        help="Store linear weights as int8 or int4 (faster CPU decode, small accuracy cost), "
+        "or bf16 (half the bytes of fp32, exact for a bf16 checkpoint; arithmetic stays fp32).",
     ),
 ]
 

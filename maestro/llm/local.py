@@ -143,7 +143,7 @@ class LocalModel(Model):
         kv_dtype: str | None = None,
     ) -> None:
         self.name_or_path = name_or_path
-        self.quantize = quantize  # "none" | "int8" | "int4": weights stored quantised
+        self.quantize = quantize  # "none" | "int8" | "int4" | "bf16": weights stored quantised
         self.kv_dtype = kv_dtype  # e.g. "float16": the attention K/V cache's dtype (None: dtype)
         self.model_name = name_or_path or "smollm2-135m-instruct"
         self.dtype = dtype

@@ -5,7 +5,7 @@
         x = rms_norm(h, ffn_norm)  ; g|u = x @ Wgu^T   ; h = h + (silu(g) * u) @ Wdown^T
 
 Each projection is a list ``[weight, scale, minimum, bias]`` (absent entries None), in the
-formats of ``model.quant``: an fp32 weight (N, K); int8 (N, K) with a scale per row; packed
+formats of ``model.quant``: an fp32 or bf16 weight (N, K); int8 (N, K) with a scale per row; packed
 4-bit (N, K/2) uint8 with scale and minimum (N, K/32). q|k|v and g|u are the fused projections
 of ``model.layers.fused`` (outputs concatenated in that order). ``k_cache``/``v_cache``
 (B, Hkv, S, hd) get the new token at slot ``start``; cos/sin (B, 1, hd) or None as in
@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from model.kernels.attention_decode import attention_decode_ref
 from model.kernels.dispatch import implementation, register_reference
+from model.kernels.linear import linear_ref
 from model.kernels.quant_linear import int4_linear_ref, int8_linear_ref
 from model.kernels.rms_norm import rms_norm_ref
 from model.kernels.silu_mul import silu_mul_ref
@@ -43,7 +43,7 @@ def projection_ref(x: torch.Tensor, parts: Projection) -> torch.Tensor:
     if weight.dtype == torch.uint8:
         assert scale is not None and minimum is not None
         return int4_linear_ref(x, weight, scale, minimum, bias)
-    return F.linear(x, weight, bias)
+    return linear_ref(x, weight, bias)
 
 
 def decoder_layer_decode_ref(

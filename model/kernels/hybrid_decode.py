@@ -12,7 +12,7 @@ dense MLP half of a Mamba layer.
         (the fused gate|up projection of ``model.layers.fused``).
 
 Projections are lists ``[weight, scale, minimum, bias]`` as in :mod:`model.kernels.decoder_layer`
-(fp32, int8 or packed 4-bit); an expert stack is one flat list of 4 * E such entries, expert 0
+(fp32, bf16, int8 or packed 4-bit); an expert stack is one flat list of 4 * E such entries, expert 0
 first. The router is an fp32 (E, D) weight. Both return the new h (the input is not modified).
 
 Why ops: with :func:`decoder_layer_decode` for the attention layers, a Jamba decode step becomes

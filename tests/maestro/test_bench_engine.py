@@ -63,6 +63,40 @@ def test_llama_cpp_runs_with_the_other_engines_only_where_it_is_installed(monkey
     assert all(not e.startswith("llama.cpp") for e in bench._engines("jamba-300m"))
 
 
+def test_bf16_engines_run_where_bf16_is_native_and_ours_keeps_bf16_weights_elsewhere(monkeypatch):
+    import model.quant
+
+    monkeypatch.setattr(model.quant, "native_bf16", lambda: True)
+    assert {"ours/bf16", "llama-300m/bf16"} <= set(bench._engines("jamba-300m"))
+    monkeypatch.setattr(model.quant, "native_bf16", lambda: False)
+    engines = bench._engines("jamba-300m")
+    assert "ours/bf16" in engines and "llama-300m/bf16" not in engines
+    assert "transformers/bf16" not in bench._engines("smollm2-135m")
+
+
+def test_bf16_hybrid_rows_compare_with_the_fp32_llama_where_its_bf16_did_not_run():
+    model = "jamba-300m"
+    results = {
+        f"{model}/ours/fp32": {"prefill": {2048: 400.0}, "decode": {512: 20.0},
+                               "decode_weight_bytes": 1000},
+        f"{model}/ours/bf16": {"prefill": {2048: 380.0}, "decode": {512: 36.0},
+                               "decode_weight_bytes": 500},
+        f"{model}/llama-300m/fp32": {"prefill": {2048: 200.0}, "decode": {512: 18.0}},
+        f"{model}/speed": {"bandwidth_bytes_per_s": {512: 25000.0}},
+    }
+    plan = {"prefill": [2048], "decode_after": [512], "steps": 16}
+    rows = {(r["name"], r["baseline_name"]): (r["ratio"], r.get("target"))
+            for r in bench._comparisons(model, results, plan)}
+    assert rows[(f"{model} prefill@2048 bf16 vs Llama", "transformers Llama-300M fp32")] == (1.9, 1.0)
+    assert rows[(f"{model} decode after 512 bf16 weights", "ours fp32")] == (1.8, None)
+    assert rows[(f"{model} prefill@2048 bf16 weights", "ours fp32")] == (0.95, None)
+    assert rows[(f"{model} decode after 512 bf16 vs bandwidth bound",
+                 "bound (0.0 GB/s / 0 MiB)")] == (0.72, None)
+    assert rows[(f"{model} decode after 512 fp32 vs bandwidth bound",
+                 "bound (0.0 GB/s / 0 MiB)")] == (0.8, 0.9)
+    assert not [name for name, _ in rows if "cache" in name and "bf16" in name]  # fp32 caches
+
+
 def test_quantised_decode_is_compared_with_llama_cpp_from_the_same_run():
     model = "smollm2-135m"
     results = {

@@ -380,6 +380,22 @@ def test_linear(rows, with_bias):
     torch.testing.assert_close(kernels.linear(x, wt), kernels.linear_ref(x, wt))
 
 
+@pytest.mark.parametrize("rows", [1, 8, 9, 20])  # the bf16 matvec up to 8 rows, then BLAS
+@pytest.mark.parametrize("shape", [(37, 100), (64, 256), (9, 7)])  # K % 8 != 0: the scalar tail
+def test_linear_with_bf16_weights_computes_in_fp32(rows, shape):
+    """bf16 weights under fp32 activations (model.quant's "bf16"): the product is the fp32 one
+    on the weight widened exactly, not a bf16 matmul (which rounds the activations too)."""
+    g = torch.Generator().manual_seed(26)
+    weight = torch.randn(*shape, generator=g).bfloat16()
+    bias = torch.randn(shape[0], generator=g)
+    x = torch.randn(2, rows, shape[1], generator=g)
+    y = kernels.linear(x, weight, bias)
+    assert y.dtype == torch.float32 and y.shape == (2, rows, shape[0])
+    _assert_fp32(f"bf16-weight linear rows={rows}", y, x @ weight.float().t() + bias)
+    _assert_fp32(f"bf16-weight linear rows={rows} (reference)", y,
+                 kernels.linear_ref(x, weight, bias))
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 9, 64), (2, 37, 3, 64), (1, 5, 2, 6)])
 def test_rope(shape):
     g = torch.Generator().manual_seed(17)

@@ -144,7 +144,7 @@ def test_quantized_model_logit_error_is_bounded(backend, mode):
     assert agree >= min_agree
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", "int4", "bf16"])
 def test_quantized_model_decode_matches_its_full_forward(backend, mode):
     """The decode invariant on the quantised path: in_proj's strided layout, the fused Mamba
     step and the quantised experts all go through the cache exactly as the full forward does.
@@ -163,6 +163,33 @@ def test_quantized_model_decode_matches_its_full_forward(backend, mode):
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
 
 
+def test_bf16_weights_compute_like_the_fp32_model_of_the_rounded_weights(backend):
+    """quantize_(model, "bf16") stores the projection and expert weights in bf16 (half the
+    bytes) and computes in fp32: its logits, prefill and decode, are those of the fp32 model
+    whose weights were rounded to bf16, up to summation order. Embeddings, norms, the SSM
+    parameters, x_proj/dt_proj and the router stay fp32."""
+    model = _perturbed_tiny_jamba(seed=8).requires_grad_(False)
+    rounded = copy.deepcopy(model)
+    quant = quantize_(copy.deepcopy(model), "bf16")
+    bf16_names = {n for n, p in quant.named_parameters() if p.dtype == torch.bfloat16}
+    assert bf16_names and all(
+        n.endswith(("_proj.weight", "lm_head.weight", "gate_proj", "up_proj", "down_proj"))
+        and not n.endswith(("x_proj.weight", "dt_proj.weight")) for n in bf16_names
+    )
+    assert quant.dtype == torch.float32 and quant.lm_head.weight.dtype == torch.bfloat16
+    for name in bf16_names:  # new parameters: a head tied to the embedding gets its own
+        owner, _, attr = name.rpartition(".")
+        module = rounded.get_submodule(owner)
+        weight = getattr(module, attr).detach().bfloat16().float()
+        setattr(module, attr, torch.nn.Parameter(weight, requires_grad=False))
+    assert weight_bytes(quant) < 0.6 * weight_bytes(model)
+    ids = torch.randint(3, 256, (2, 24), generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        torch.testing.assert_close(quant(ids), rounded(ids), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_prefill_3_decode_3(quant, ids[:, :6]),
+                               _prefill_3_decode_3(rounded, ids[:, :6]), rtol=1e-5, atol=1e-5)
+
+
 def test_quantize_rejects_unknown_mode_and_none_is_a_no_op():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="int8"):
@@ -170,7 +197,7 @@ def test_quantize_rejects_unknown_mode_and_none_is_a_no_op():
     assert isinstance(quantize_(model, "none")[0], torch.nn.Linear)
 
 
-@pytest.mark.parametrize("mode", ["none", "int8", "int4"])
+@pytest.mark.parametrize("mode", ["none", "int8", "int4", "bf16"])
 def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factory, monkeypatch):
     """On a Llama-family model, without the whole-step plan, a decode step runs each layer as one
     ``decoder_layer_decode`` op (fused q|k|v and gate|up, fp32, int8 or 4-bit weights). It must give what the layer's
@@ -202,12 +229,12 @@ def test_llama_decode_steps_as_one_op_per_layer(backend, mode, checkpoint_factor
     monkeypatch.setattr(Block, "_decode_step", lambda self: None)
     modules = decode()
     torch.testing.assert_close(one_op, modules, rtol=1e-4, atol=1e-4)
-    if mode == "none":
+    if mode in ("none", "bf16"):  # no activation rounding: the full forward's numbers
         with torch.inference_mode():
             torch.testing.assert_close(one_op, model(ids), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["none", "int8", "int4"])
+@pytest.mark.parametrize("mode", ["none", "int8", "int4", "bf16"])
 def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
     """On the hybrid, without the whole-step plan, a decode step runs each Mamba mixer as one
     ``mamba_mixer_decode`` op, each
@@ -252,13 +279,13 @@ def test_jamba_decode_steps_as_fused_sublayer_ops(backend, mode, monkeypatch):
     monkeypatch.setattr(Block, "_mlp_step", lambda self: None)
     modules = decode()
     torch.testing.assert_close(fused_ops, modules, rtol=1e-4, atol=1e-4)
-    if mode == "none":
+    if mode in ("none", "bf16"):  # no activation rounding: the full forward's numbers
         with torch.inference_mode():
             torch.testing.assert_close(fused_ops, model(ids), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llama", "jamba"])
-@pytest.mark.parametrize("mode", ["none", "int8", "int4"])
+@pytest.mark.parametrize("mode", ["none", "int8", "int4", "bf16"])
 def test_decode_steps_as_one_plan(backend, family, mode, checkpoint_factory, monkeypatch):
     """With the C++ kernels a plain decode step is ONE ``DecodePlan.run`` over every layer, the
     final norm and the LM head: no layer runs through Python, and the logits and the cache it

@@ -121,6 +121,37 @@ def test_load_quantizes_and_keeps_its_states_apart(tiny_llama):
         load(tiny_llama[0], quantize="int3")
 
 
+def test_load_with_bf16_weights_computes_in_fp32_and_warns_about_emulated_bf16(
+    tiny_llama, monkeypatch, caplog
+):
+    """``quantize="bf16"``: the projections are bf16 (half the bytes), the activations fp32;
+    ``dtype=bfloat16`` on a CPU without native bf16 says so once and names that option."""
+    import model.quant
+
+    plain = load(tiny_llama[0])
+    half = load(tiny_llama[0], quantize="bf16")
+    assert half.quantization == "bf16" and half.model.dtype == torch.float32
+    assert half.model.layers[0].mixer.q_proj.weight.dtype == torch.bfloat16
+    prompt = plain.encode("the the é the")
+    with torch.inference_mode():
+        a = plain.model(torch.tensor([prompt]))
+        b = half.model(torch.tensor([prompt]))
+    assert b.dtype == torch.float32 and 0 < (a - b).abs().max().item() < 0.05
+    with pytest.raises(StateMismatchError, match="bf16"):
+        plain.load_state(half.save_state(prompt))
+
+    monkeypatch.setattr(model.quant, "native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="model.api"):
+        load(tiny_llama[0], dtype="bfloat16")
+    assert [r.getMessage() for r in caplog.records if "quantize='bf16'" in r.getMessage()]
+    caplog.clear()
+    monkeypatch.setattr(model.quant, "native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="model.api"):
+        load(tiny_llama[0], dtype="bfloat16")
+        load(tiny_llama[0], quantize="bf16")
+    assert not caplog.records
+
+
 def test_load_with_a_half_precision_kv_cache_generates_and_shares_states(tiny_llama):
     """``load(kv_dtype="float16")``: caches hold fp16 K/V (half the bytes), greedy text matches
     the fp32-cache model on this prompt, and a state stored by one resumes in the other."""

@@ -228,6 +228,24 @@ inline float hsum256(__m256 v) {
   h = _mm_add_ss(h, _mm_movehdup_ps(h));
   return _mm_cvtss_f32(h);
 }
+
+// 8 consecutive values as fp32. Half-precision storage is widened in registers as it is
+// loaded: an fp16 KV cache (F16C, one instruction) and bf16 weights (the top 16 bits of an
+// fp32, so widening is exact: zero-extend and shift).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+#if defined(__F16C__)
+inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+constexpr bool kHalfSimd = true;
+#else
+inline __m256 load8(const at::Half*) { return _mm256_setzero_ps(); }  // never called
+constexpr bool kHalfSimd = false;
+#endif
 #endif
 
 template <int NS>
@@ -992,17 +1010,21 @@ inline int64_t rows_per_task(int64_t row_bytes) {
 }
 
 // ---------------------------------------------------------------------------------------
-// fp32 matvec for decode: y = x @ W^T + bias for a few rows of x, W (N, K) fp32. The BLAS
-// gemv streams a cold weight at ~15 GB/s here; reading 8 rows at a time keeps more memory
-// requests in flight (2-6% faster than 4 rows on every decode shape of the 300M Jamba, cold
-// weights, 2 threads). No software prefetch: with the hardware prefetcher alone this streams
-// at ~0.9-0.95 of a plain sum over memory; a prefetch of the next rows made it ~7% slower.
+// fp32 matvec for decode: y = x @ W^T + bias for a few rows of x, W (N, K) fp32 or bf16 (the
+// bf16 weights of model.quant's "bf16": half the bytes, widened exactly in registers, fp32
+// arithmetic). The BLAS gemv streams a cold weight at ~15 GB/s here; reading 8 rows at a time
+// keeps more memory requests in flight (2-6% faster than 4 rows on every decode shape of the
+// 300M Jamba, cold weights, 2 threads). No software prefetch: with the hardware prefetcher
+// alone this streams at ~0.9-0.95 of a plain sum over memory; a prefetch of the next rows made
+// it ~7% slower.
 // ---------------------------------------------------------------------------------------
-// One fp32 matvec: out (rows, N) = x (rows, K) @ W^T + bias, all contiguous.
-struct MatvecF32 {
+// One matvec: out (rows, N) = x (rows, K) @ W^T + bias, all contiguous; W is fp32, or bf16
+// when `bf16` is set.
+struct Matvec {
   const float* x;
   int64_t rows;
-  const float* w;
+  const void* w;
+  bool bf16;
   const float* bias;  // or nullptr
   int64_t n_out, k_in;
   float* out;
@@ -1010,11 +1032,12 @@ struct MatvecF32 {
 
 constexpr int64_t kMatvecRB = 8;  // weight rows read together
 
-// Rows [n0, n0 + kMatvecRB) of one matvec (fewer at the end of W).
-inline void matvec_f32_block(const MatvecF32& j, int64_t n0) {
+// Rows [n0, n0 + kMatvecRB) of one matvec (fewer at the end of W), W's values of type W.
+template <typename W>
+inline void matvec_block(const Matvec& j, int64_t n0) {
   constexpr int64_t RB = kMatvecRB;
   const int64_t k_in = j.k_in, nr = std::min(RB, j.n_out - n0);
-  const float* w0 = j.w + n0 * k_in;
+  const W* w0 = static_cast<const W*>(j.w) + n0 * k_in;
   for (int64_t m = 0; m < j.rows; ++m) {
     const float* xm = j.x + m * k_in;
     float acc[RB] = {};
@@ -1025,17 +1048,16 @@ inline void matvec_f32_block(const MatvecF32& j, int64_t n0) {
       for (auto& v : a) v = _mm256_setzero_ps();
       for (; k0 + 8 <= k_in; k0 += 8) {
         const __m256 xv = _mm256_loadu_ps(xm + k0);
-        for (int r = 0; r < RB; ++r)
-          a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + r * k_in + k0), xv, a[r]);
+        for (int r = 0; r < RB; ++r) a[r] = _mm256_fmadd_ps(load8(w0 + r * k_in + k0), xv, a[r]);
       }
       for (int r = 0; r < RB; ++r) acc[r] = hsum256(a[r]);
     }
 #endif
     for (int64_t r = 0; r < nr; ++r) {
-      const float* wr = w0 + r * k_in;
+      const W* wr = w0 + r * k_in;
       float tail = 0.0f;
 #pragma omp simd reduction(+ : tail)
-      for (int64_t k = k0; k < k_in; ++k) tail += wr[k] * xm[k];
+      for (int64_t k = k0; k < k_in; ++k) tail += ld(wr + k) * xm[k];
       j.out[m * j.n_out + n0 + r] = acc[r] + tail + (j.bias ? j.bias[n0 + r] : 0.0f);
     }
   }
@@ -1044,7 +1066,7 @@ inline void matvec_f32_block(const MatvecF32& j, int64_t n0) {
 // Several matvecs in ONE parallel region, their row blocks dealt out to the threads together:
 // one fork/join instead of one per matrix, and a thread that finishes its share of one matrix
 // goes on to the next instead of waiting at a barrier (the MoE's experts: 6 regions -> 2).
-void matvec_f32_many(const MatvecF32* jobs, int64_t count) {
+void matvec_many(const Matvec* jobs, int64_t count) {
   std::vector<int64_t> first(count + 1, 0);  // first block of each job
   int64_t widest = 1;
   for (int64_t i = 0; i < count; ++i) {
@@ -1057,28 +1079,35 @@ void matvec_f32_many(const MatvecF32* jobs, int64_t count) {
     while (first[i + 1] <= begin) ++i;
     for (int64_t blk = begin; blk < end; ++blk) {
       while (first[i + 1] <= blk) ++i;
-      matvec_f32_block(jobs[i], (blk - first[i]) * kMatvecRB);
+      const int64_t n0 = (blk - first[i]) * kMatvecRB;
+      if (jobs[i].bf16)
+        matvec_block<at::BFloat16>(jobs[i], n0);
+      else
+        matvec_block<float>(jobs[i], n0);
     }
   });
 }
 
 void matvec_f32(const float* xp, int64_t rows, const float* wp, const float* bp, int64_t n_out,
                 int64_t k_in, float* op) {
-  const MatvecF32 job{xp, rows, wp, bp, n_out, k_in, op};
-  matvec_f32_many(&job, 1);
+  const Matvec job{xp, rows, wp, false, bp, n_out, k_in, op};
+  matvec_many(&job, 1);
 }
 
 Tensor linear_matvec(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "linear_matvec: x must be fp32");
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.is_contiguous(),
-              "linear_matvec: weight must be a contiguous fp32 (N, K) tensor");
+  const bool bf16 = weight.scalar_type() == at::kBFloat16;
+  TORCH_CHECK((bf16 || weight.scalar_type() == at::kFloat) && weight.dim() == 2 &&
+                  weight.is_contiguous(),
+              "linear_matvec: weight must be a contiguous fp32 or bf16 (N, K) tensor");
   const int64_t n_out = weight.size(0), k_in = weight.size(1);
   TORCH_CHECK(x.size(-1) == k_in, "linear_matvec: x's last dimension must be K = ", k_in);
   const Tensor x2 = x.reshape({-1, k_in}).contiguous();
   const Tensor bf = f32(bias);
   Tensor out = at::empty({x2.size(0), n_out}, x.options());
-  matvec_f32(x2.data_ptr<float>(), x2.size(0), weight.data_ptr<float>(), ptr_or_null(bf), n_out,
-             k_in, out.data_ptr<float>());
+  const Matvec job{x2.data_ptr<float>(), x2.size(0), weight.data_ptr(), bf16, ptr_or_null(bf),
+                   n_out, k_in, out.data_ptr<float>()};
+  matvec_many(&job, 1);
   auto sizes = x.sizes().vec();
   sizes.back() = n_out;
   return out.view(sizes);
@@ -1391,19 +1420,7 @@ inline void rope_row(const float* x, const float* c, const float* s, float* o, i
 // group: with the heads in the outer loop, a long context re-read K and V once per head.
 constexpr int64_t ATT_BLOCK = 64;
 
-// A KV cache in half precision (fp16) stores half the bytes a decode step reads; its values
-// are widened to fp32 in registers as they are loaded (F16C: 8 values an instruction).
 #if defined(__AVX2__) && defined(__FMA__)
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-#if defined(__F16C__)
-inline __m256 load8(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-constexpr bool kHalfSimd = true;
-#else
-inline __m256 load8(const at::Half*) { return _mm256_setzero_ps(); }  // never called
-constexpr bool kHalfSimd = false;
-#endif
 template <typename C>
 constexpr bool simd_cache() { return std::is_same_v<C, float> || kHalfSimd; }
 #endif
@@ -1652,7 +1669,7 @@ Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tenso
 // step of B rows, in one call:
 //   x = rms_norm(h) ; q|k|v = x @ Wqkv^T ; a = attention_step(q, k, v) ; h += a @ Wo^T
 //   x = rms_norm(h) ; g|u = x @ Wgu^T ; h += (silu(g) * u) @ Wdown^T
-// A projection is passed as [weight, scale, minimum, bias] (absent ones None): an fp32
+// A projection is passed as [weight, scale, minimum, bias] (absent ones None): an fp32 or bf16
 // weight (N, K), an int8 one (N, K) with scale (N,), or packed 4-bit (N, K/2) with scale and
 // minimum (N, K/32), as model.quant stores them. Why: in PyTorch a layer's decode step is
 // ~15 Python-level calls of 5-15 us dispatch each around ~250 us of matvecs; a 30-layer
@@ -1661,37 +1678,38 @@ Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tenso
 struct Proj {
   Tensor weight, scale, minimum, bias;  // fp32 scale/minimum/bias, contiguous
   int64_t n_out = 0, k_in = 0;
-  enum { kF32, kInt8, kInt4 } kind = kF32;
+  enum { kF32, kBF16, kInt8, kInt4 } kind = kF32;
 
+  bool floating() const { return kind == kF32 || kind == kBF16; }
+  Matvec job(const float* x, int64_t rows, float* out) const {  // fp32 and bf16 weights
+    return {x, rows, weight.data_ptr(), kind == kBF16, ptr_or_null(bias), n_out, k_in, out};
+  }
   void apply(const float* x, int64_t rows, float* out) const {
     const float* bp = ptr_or_null(bias);
-    if (kind == kF32)
-      matvec_f32(x, rows, weight.data_ptr<float>(), bp, n_out, k_in, out);
-    else if (kind == kInt8)
+    if (floating()) {
+      const Matvec j = job(x, rows, out);
+      matvec_many(&j, 1);
+    } else if (kind == kInt8) {
       matvec_int8(x, rows, weight.data_ptr<int8_t>(), scale.data_ptr<float>(), bp, n_out, k_in,
                   out);
-    else
+    } else {
       matvec_int4(x, rows, weight.data_ptr<uint8_t>(), scale.data_ptr<float>(),
                   minimum.data_ptr<float>(), bp, n_out, k_in, out);
+    }
   }
 };
 
-// projs[i] applied to rows of xs[i] into outs[i]: in one parallel region when all are fp32.
+// projs[i] applied to rows of xs[i] into outs[i]: in one parallel region when all are fp32 or
+// bf16.
 void apply_together(const std::vector<const Proj*>& projs, const std::vector<const float*>& xs,
                     int64_t rows, const std::vector<float*>& outs) {
-  const bool fp32 = std::all_of(projs.begin(), projs.end(),
-                                [](const Proj* p) { return p->kind == Proj::kF32; });
-  if (!fp32) {
+  if (!std::all_of(projs.begin(), projs.end(), [](const Proj* p) { return p->floating(); })) {
     for (size_t i = 0; i < projs.size(); ++i) projs[i]->apply(xs[i], rows, outs[i]);
     return;
   }
-  std::vector<MatvecF32> jobs;
-  for (size_t i = 0; i < projs.size(); ++i) {
-    const Proj& p = *projs[i];
-    jobs.push_back({xs[i], rows, p.weight.data_ptr<float>(), ptr_or_null(p.bias), p.n_out,
-                    p.k_in, outs[i]});
-  }
-  matvec_f32_many(jobs.data(), static_cast<int64_t>(jobs.size()));
+  std::vector<Matvec> jobs;
+  for (size_t i = 0; i < projs.size(); ++i) jobs.push_back(projs[i]->job(xs[i], rows, outs[i]));
+  matvec_many(jobs.data(), static_cast<int64_t>(jobs.size()));
 }
 
 Proj make_proj(const c10::List<std::optional<Tensor>>& parts, const char* op, const char* name,
@@ -1715,6 +1733,8 @@ Proj make_proj(const c10::List<std::optional<Tensor>>& parts, const char* op, co
   }
   if (w.scalar_type() == at::kFloat) {
     p.kind = Proj::kF32;
+  } else if (w.scalar_type() == at::kBFloat16) {
+    p.kind = Proj::kBF16;
   } else if (w.scalar_type() == at::kChar) {
     p.kind = Proj::kInt8;
     TORCH_CHECK(p.scale.defined() && p.scale.numel() == p.n_out, op, ": ", name,
@@ -1726,7 +1746,7 @@ Proj make_proj(const c10::List<std::optional<Tensor>>& parts, const char* op, co
                     p.scale.numel() == p.n_out * groups && p.minimum.numel() == p.n_out * groups,
                 op, ": ", name, " 4-bit weight needs (N, K/32) scale and minimum");
   } else {
-    TORCH_CHECK(false, op, ": ", name, " weight must be fp32, int8 or uint8");
+    TORCH_CHECK(false, op, ": ", name, " weight must be fp32, bf16, int8 or uint8");
   }
   return p;
 }

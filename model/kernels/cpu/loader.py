@@ -48,7 +48,7 @@ _FIX = (
 _INT8_MATVEC_MAX_ROWS = 8
 
 # Weights the fused decoder-layer kernel reads: fp32, int8 and packed 4-bit (model.quant).
-_LAYER_WEIGHT_DTYPES = (torch.float32, torch.int8, torch.uint8)
+_LAYER_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8, torch.uint8)
 _KV_DTYPES = (torch.float32, torch.float16)  # KV caches the decode ops read (fp16: widened)
 
 _lock = threading.Lock()
@@ -288,12 +288,17 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
     def linear(x, weight, bias=None):
         rows = x.numel() // max(x.shape[-1], 1)
         if (
-            rows <= _INT8_MATVEC_MAX_ROWS and x.dtype == weight.dtype == torch.float32
+            rows <= _INT8_MATVEC_MAX_ROWS and x.dtype == torch.float32
+            and weight.dtype in (torch.float32, torch.bfloat16)
             and weight.is_contiguous() and not (x.requires_grad or weight.requires_grad)
             and (bias is None or bias.dtype == torch.float32)
         ):
             return ops.linear_matvec(x, weight, bias)
-        return torch.nn.functional.linear(x, weight, bias)
+        # Prefill, compute-bound: the BLAS matmul, on bf16 weights widened once per call (its
+        # own bf16 matmul is emulated on CPUs without AVX512-BF16/AMX, ~50x slower than fp32).
+        from model.kernels.linear import linear_ref
+
+        return linear_ref(x, weight, bias)
 
     def rope(x, cos, sin):
         if x.dtype != torch.float32 or cos.dtype != torch.float32 or x.dim() != 4:
