@@ -189,6 +189,10 @@ def test_cli_generate_and_chat_on_a_local_gguf(tiny_llama):
     q8 = runner.invoke(app, ["generate", "--model", path, "-n", "6", "--quantize", "int8", "the"])
     assert q8.exit_code == 0, q8.output
     assert q8.stdout == expected8 + "\n"
+    expected16 = load(path, quantize="bf16").generate("the", max_new_tokens=6, stop_token_ids=[]).text
+    q16 = runner.invoke(app, ["generate", "--model", path, "-n", "6", "-q", "bf16", "the"])
+    assert q16.exit_code == 0, q16.output
+    assert q16.stdout == expected16 + "\n"
     assert runner.invoke(app, ["generate", "--model", path, "-q", "int3", "the"]).exit_code == 2
     chat = runner.invoke(app, ["chat", "--model", path, "--max-tokens", "4"], input="hello\n/reset\nagain\n/exit\n")
     assert chat.exit_code == 0, chat.output
