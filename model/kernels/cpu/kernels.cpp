@@ -962,10 +962,11 @@ inline __m256 dot_q4(const uint8_t* packed, __m256i x) {
 #endif
 
 // Rows of int8 weights against block-quantised activations: y[r] = sum_b xs[b] * (w_r . xq)_b.
-// RB rows at a time share each load of x.
+// RB rows at a time share each load of x; row r starts at w + r * stride (see matvec_rows), and
+// the row after each is prefetched (the same stream's next block).
 template <int RB>
-inline void int8_rows_dot(const int8_t* w, int64_t k_in, const int8_t* xq, const float* xs,
-                          float* out) {
+inline void int8_rows_dot(const int8_t* w, int64_t stride, int64_t k_in, const int8_t* xq,
+                          const float* xs, float* out) {
   const int64_t blocks = k_in / Q_BLOCK;
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc[RB];
@@ -974,8 +975,8 @@ inline void int8_rows_dot(const int8_t* w, int64_t k_in, const int8_t* xq, const
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * Q_BLOCK));
     const __m256 sb = _mm256_set1_ps(xs[b]);
     for (int r = 0; r < RB; ++r) {
-      const int8_t* wr = w + r * k_in + b * Q_BLOCK;
-      _mm_prefetch(reinterpret_cast<const char*>(wr + RB * k_in), _MM_HINT_T0);  // next rows
+      const int8_t* wr = w + r * stride + b * Q_BLOCK;
+      _mm_prefetch(reinterpret_cast<const char*>(wr + k_in), _MM_HINT_T0);  // next block
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
       acc[r] = _mm256_fmadd_ps(dot_s8(wv, xv), sb, acc[r]);
     }
@@ -987,7 +988,7 @@ inline void int8_rows_dot(const int8_t* w, int64_t k_in, const int8_t* xq, const
     for (int64_t b = 0; b < blocks; ++b) {
       int32_t dot = 0;
       for (int64_t j = 0; j < Q_BLOCK; ++j)
-        dot += int32_t{w[r * k_in + b * Q_BLOCK + j]} * int32_t{xq[b * Q_BLOCK + j]};
+        dot += int32_t{w[r * stride + b * Q_BLOCK + j]} * int32_t{xq[b * Q_BLOCK + j]};
       total += static_cast<float>(dot) * xs[b];
     }
     out[r] = total;
@@ -1007,6 +1008,21 @@ inline float int8_row_dot_f32(const int8_t* w, const float* x, int64_t k_in) {
 // of DRAM traffic); smaller matrices stay on one thread.
 inline int64_t rows_per_task(int64_t row_bytes) {
   return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(row_bytes, 1));
+}
+
+// The decode matvecs read RB weight rows at a time (they share each load of x). Block blk of
+// an N-row matrix is rows blk + r * seg, r < RB, seg = ceil(N / RB) (fewer at the end): far
+// apart, so that blocks blk and blk + 1 read consecutive memory in each of the RB rows, and a
+// thread streams RB long runs instead of starting RB new ones every block, which cost the
+// hardware prefetcher ~0.3 us a block (fp32, 8 adjacent rows of K = 1024: 20 GB/s on one
+// thread, against 23.5 with K = 4096; the shorter rows of bf16 weights gave 12 against 19).
+// Fills row[] and returns how many rows the block has.
+template <int64_t RB>
+inline int64_t block_rows(int64_t n_out, int64_t blk, int64_t* row) {
+  const int64_t seg = (n_out + RB - 1) / RB;
+  int64_t nr = 0;
+  for (; nr < RB && blk + nr * seg < n_out; ++nr) row[nr] = blk + nr * seg;
+  return nr;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1033,25 +1049,15 @@ struct Matvec {
 
 constexpr int64_t kMatvecRB = 8;  // weight rows read together
 
-// Block `blk` of one matvec, W's values of type W: rows blk + r * seg for r < kMatvecRB, seg =
-// ceil(N / kMatvecRB) (fewer rows at the end of W). Far-apart rows, so that blocks blk and
-// blk + 1 read consecutive memory in each of the kMatvecRB rows: a thread streams kMatvecRB
-// long runs instead of starting kMatvecRB new ones every block, which cost the prefetcher
-// ~0.3 us a block (K = 1024 rows of 8 adjacent rows: 20 GB/s one thread, against 23.5 with
-// K = 4096; the short rows of bf16 weights made it 12 against 19).
-inline int64_t matvec_segment(const Matvec& j) { return (j.n_out + kMatvecRB - 1) / kMatvecRB; }
-
+// Block `blk` (block_rows) of one matvec, W's values of type W.
 template <typename W>
 inline void matvec_block(const Matvec& j, int64_t blk) {
   constexpr int64_t RB = kMatvecRB;
-  const int64_t k_in = j.k_in, seg = matvec_segment(j);
+  const int64_t k_in = j.k_in;
   int64_t row[RB];
+  const int64_t nr = block_rows<RB>(j.n_out, blk, row);
   const W* wrow[RB];
-  int64_t nr = 0;
-  for (; nr < RB && blk + nr * seg < j.n_out; ++nr) {
-    row[nr] = blk + nr * seg;
-    wrow[nr] = static_cast<const W*>(j.w) + row[nr] * k_in;
-  }
+  for (int64_t r = 0; r < nr; ++r) wrow[r] = static_cast<const W*>(j.w) + row[r] * k_in;
   for (int64_t m = 0; m < j.rows; ++m) {
     const float* xm = j.x + m * k_in;
     float acc[RB] = {};
@@ -1102,7 +1108,7 @@ void matvec_many(const Matvec* jobs, int64_t count) {
   std::vector<int64_t> first(count + 1, 0);  // first block of each job
   int64_t widest = 1;
   for (int64_t i = 0; i < count; ++i) {
-    first[i + 1] = first[i] + matvec_segment(jobs[i]);
+    first[i + 1] = first[i] + (jobs[i].n_out + kMatvecRB - 1) / kMatvecRB;
     widest = std::max(widest, jobs[i].k_in);
   }
   at::parallel_for(0, first[count], rows_per_task(kMatvecRB * widest * 4),
@@ -1158,31 +1164,33 @@ void matvec_int8(const float* xp, int64_t rows, const int8_t* wp, const float* s
   std::vector<float> xs(blocked ? rows * (k_in / Q_BLOCK) : 0);
   for (int64_t m = 0; blocked && m < rows; ++m)
     quantize_blocks(xp + m * k_in, k_in, xq.data() + m * k_in, xs.data() + m * (k_in / Q_BLOCK));
-  // 8 rows a block: with int8_rows_dot's prefetch of the next block, more of a cold weight is
-  // in flight while the integer dots run (cold 3072x576 and 49152x576 matvecs ~8-14% faster
-  // than 4 rows; the dots are compute-heavy enough that without prefetch they stream at ~0.5 of
-  // the read bandwidth).
+  // 8 rows a block (block_rows): with int8_rows_dot's prefetch of the next block, more of a
+  // cold weight is in flight while the integer dots run (cold 3072x576 and 49152x576 matvecs
+  // ~8-14% faster than 4 rows; the dots are compute-heavy enough that without prefetch they
+  // stream at ~0.5 of the read bandwidth).
   constexpr int64_t RB = 8;
-  at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in), [&](int64_t begin, int64_t end) {
+  const int64_t seg = (n_out + RB - 1) / RB;
+  at::parallel_for(0, seg, rows_per_task(RB * k_in), [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t n0 = blk * RB, nr = std::min(RB, n_out - n0);
+      int64_t row[RB];
+      const int64_t nr = block_rows<RB>(n_out, blk, row);
       for (int64_t m = 0; m < rows; ++m) {
         float acc[RB];
         if (blocked && nr == RB) {
-          int8_rows_dot<RB>(wp + n0 * k_in, k_in, xq.data() + m * k_in,
+          int8_rows_dot<RB>(wp + blk * k_in, seg * k_in, k_in, xq.data() + m * k_in,
                             xs.data() + m * (k_in / Q_BLOCK), acc);
         } else {
           for (int64_t r = 0; r < nr; ++r) {
             if (blocked)
-              int8_rows_dot<1>(wp + (n0 + r) * k_in, k_in, xq.data() + m * k_in,
+              int8_rows_dot<1>(wp + row[r] * k_in, k_in, k_in, xq.data() + m * k_in,
                                xs.data() + m * (k_in / Q_BLOCK), acc + r);
             else
-              acc[r] = int8_row_dot_f32(wp + (n0 + r) * k_in, xp + m * k_in, k_in);
+              acc[r] = int8_row_dot_f32(wp + row[r] * k_in, xp + m * k_in, k_in);
           }
         }
         for (int64_t r = 0; r < nr; ++r) {
-          const int64_t n = n0 + r;
+          const int64_t n = row[r];
           op[m * n_out + n] = acc[r] * sp[n] + (bp ? bp[n] : 0.0f);
         }
       }
@@ -1221,10 +1229,12 @@ constexpr int64_t Q4_GROUP = Q_BLOCK;
 
 // RB rows of packed 4-bit weights (each `groups * 16` bytes, scale and minimum `groups` floats)
 // against one block-quantised activation row: out[r] = sum_g scale_rg * xs_g * (q_rg . xq_g)
-// + sum_g minimum_rg * xsum_g. The RB rows share each load of x (as the int8 kernel does).
+// + sum_g minimum_rg * xsum_g. The RB rows share each load of x (as the int8 kernel does); row
+// r is `stride` rows after row 0 (block_rows), and the row after each is prefetched.
 template <int RB>
-inline void int4_rows_dot(const uint8_t* w, const float* sc, const float* mn, const int8_t* xq,
-                          const float* xs, const float* xsum, int64_t groups, float* out) {
+inline void int4_rows_dot(const uint8_t* w, const float* sc, const float* mn, int64_t stride,
+                          const int8_t* xq, const float* xs, const float* xsum, int64_t groups,
+                          float* out) {
   const int64_t row_bytes = groups * 16;
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc[RB];
@@ -1233,10 +1243,11 @@ inline void int4_rows_dot(const uint8_t* w, const float* sc, const float* mn, co
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * Q4_GROUP));
     const float xsg = xs[g];
     for (int r = 0; r < RB; ++r) {
-      const uint8_t* wr = w + r * row_bytes + g * 16;
-      if ((g & 3) == 0)  // one prefetch per 64-byte line, RB rows ahead
-        _mm_prefetch(reinterpret_cast<const char*>(wr + RB * row_bytes), _MM_HINT_T0);
-      acc[r] = _mm256_fmadd_ps(dot_q4(wr, xv), _mm256_set1_ps(sc[r * groups + g] * xsg), acc[r]);
+      const uint8_t* wr = w + r * stride * row_bytes + g * 16;
+      if ((g & 3) == 0)  // one prefetch per 64-byte line, of the next block
+        _mm_prefetch(reinterpret_cast<const char*>(wr + row_bytes), _MM_HINT_T0);
+      acc[r] = _mm256_fmadd_ps(dot_q4(wr, xv), _mm256_set1_ps(sc[r * stride * groups + g] * xsg),
+                               acc[r]);
     }
   }
   for (int r = 0; r < RB; ++r) out[r] = hsum256(acc[r]);
@@ -1246,11 +1257,11 @@ inline void int4_rows_dot(const uint8_t* w, const float* sc, const float* mn, co
     for (int64_t g = 0; g < groups; ++g) {
       int32_t dot = 0;
       for (int64_t j = 0; j < 16; ++j) {
-        const uint8_t b = w[r * row_bytes + g * 16 + j];
+        const uint8_t b = w[r * stride * row_bytes + g * 16 + j];
         dot += int32_t{b & 0x0F} * int32_t{xq[g * Q4_GROUP + j]};
         dot += int32_t{b >> 4} * int32_t{xq[g * Q4_GROUP + 16 + j]};
       }
-      total += static_cast<float>(dot) * (sc[r * groups + g] * xs[g]);
+      total += static_cast<float>(dot) * (sc[r * stride * groups + g] * xs[g]);
     }
     out[r] = total;
   }
@@ -1258,7 +1269,7 @@ inline void int4_rows_dot(const uint8_t* w, const float* sc, const float* mn, co
   for (int r = 0; r < RB; ++r) {
     float offset = 0.0f;
 #pragma omp simd reduction(+ : offset)
-    for (int64_t g = 0; g < groups; ++g) offset += mn[r * groups + g] * xsum[g];
+    for (int64_t g = 0; g < groups; ++g) offset += mn[r * stride * groups + g] * xsum[g];
     out[r] += offset;
   }
 }
@@ -1279,23 +1290,25 @@ void matvec_int4(const float* xp, int64_t rows, const uint8_t* wp, const float* 
     }
   }
   constexpr int64_t RB = 4;
-  at::parallel_for(0, (n_out + RB - 1) / RB, rows_per_task(RB * k_in / 2), [&](int64_t begin, int64_t end) {
+  const int64_t seg = (n_out + RB - 1) / RB;
+  at::parallel_for(0, seg, rows_per_task(RB * k_in / 2), [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t n0 = blk * RB, nr = std::min(RB, n_out - n0);
+      int64_t row[RB];
+      const int64_t nr = block_rows<RB>(n_out, blk, row);
       for (int64_t m = 0; m < rows; ++m) {
         const int8_t* xm = xq.data() + m * k_in;
         const float *xsm = xs.data() + m * groups, *sum_m = xsum.data() + m * groups;
         float acc[RB];
         if (nr == RB) {
-          int4_rows_dot<RB>(wp + n0 * (k_in / 2), sp + n0 * groups, mp + n0 * groups, xm, xsm,
-                            sum_m, groups, acc);
+          int4_rows_dot<RB>(wp + blk * (k_in / 2), sp + blk * groups, mp + blk * groups, seg, xm,
+                            xsm, sum_m, groups, acc);
         } else {
           for (int64_t r = 0; r < nr; ++r)
-            int4_rows_dot<1>(wp + (n0 + r) * (k_in / 2), sp + (n0 + r) * groups,
-                             mp + (n0 + r) * groups, xm, xsm, sum_m, groups, acc + r);
+            int4_rows_dot<1>(wp + row[r] * (k_in / 2), sp + row[r] * groups,
+                             mp + row[r] * groups, 1, xm, xsm, sum_m, groups, acc + r);
         }
-        for (int64_t r = 0; r < nr; ++r) op[m * n_out + n0 + r] = acc[r] + (bp ? bp[n0 + r] : 0.0f);
+        for (int64_t r = 0; r < nr; ++r) op[m * n_out + row[r]] = acc[r] + (bp ? bp[row[r]] : 0.0f);
       }
     }
   });
