@@ -415,7 +415,7 @@ def load(
     if torch_dtype == torch.bfloat16 and torch.device(device).type == "cpu" and not native_bf16():
         logger.warning(
             "dtype=bfloat16 on a CPU without native bf16 matmul (no avx512_bf16 or amx_bf16): "
-            "PyTorch emulates it, ~50x slower than float32. For bf16 weights with float32 "
+            "PyTorch emulates it, 60-80x slower than float32. For bf16 weights with float32 "
             "arithmetic, load with dtype='float32', quantize='bf16'."
         )
     resolved = resolve(name_or_path, download=download, progress=progress)

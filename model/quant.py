@@ -16,7 +16,7 @@ Schemes (symmetric, every weight off by at most ``scale / 2``):
   the bytes of fp32. Activations and arithmetic stay in the model's dtype (fp32): the kernels
   widen the weights in registers (decode) or once per call before the BLAS matmul (prefill).
   Why not ``dtype=bfloat16``: on CPUs without AVX512-BF16 or AMX, PyTorch's bf16 matmul is
-  emulated, ~50x slower than fp32 (0.9 against 75 GFLOP/s on a 2-core AVX2 EPYC).
+  emulated, 60-80x slower than fp32 (0.8-0.9 against 48-75 GFLOP/s on a 2-core AVX2 EPYC).
 
 What is quantised (in place):
 - every ``nn.Linear`` except those whose weights the Mamba mixer reads directly inside its
@@ -24,7 +24,9 @@ What is quantised (in place):
   rows; a rounding there could flip the top-k choice of experts);
 - the MoE expert stacks (3-D ``gate_proj``/``up_proj``/``down_proj`` parameters), as
   :class:`QuantExperts`, whose ``linear(x, e)`` the MoE block calls for expert ``e``.
-Embeddings, norms and the SSM parameters stay as they are.
+int8 and int4 replace those modules and stacks (:class:`QuantLinear`, :class:`QuantExperts`);
+bf16 keeps them and replaces their weights. Embeddings, norms and the SSM parameters stay as
+they are.
 """
 
 from __future__ import annotations

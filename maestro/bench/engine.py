@@ -3,7 +3,7 @@
 Two models, each run by several engines ("ours" in fp32, bf16, int8 or int4 weights;
 transformers; llama.cpp). Ours in bf16 computes in bf16 where the CPU multiplies bf16 natively,
 else in fp32 on bf16 weights (``quantize="bf16"``); transformers' bf16 engines run only where
-it is native (elsewhere PyTorch emulates the matmul, ~50x slower than fp32):
+it is native (elsewhere PyTorch emulates the matmul, 60-80x slower than fp32):
 
 - ``jamba-300m``: random weights with Jamba-v0.1's layer pattern (``ModelConfig.jamba_300m``).
   transformers' ``JambaForCausalLM`` is built from a fixed seed and our model is loaded from its

@@ -295,7 +295,7 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
         ):
             return ops.linear_matvec(x, weight, bias)
         # Prefill, compute-bound: the BLAS matmul, on bf16 weights widened once per call (its
-        # own bf16 matmul is emulated on CPUs without AVX512-BF16/AMX, ~50x slower than fp32).
+        # own bf16 matmul is emulated on CPUs without AVX512-BF16/AMX, 60-80x slower than fp32).
         from model.kernels.linear import linear_ref
 
         return linear_ref(x, weight, bias)
