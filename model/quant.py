@@ -31,6 +31,8 @@ they are.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -151,35 +153,33 @@ def quantize_(model: nn.Module, mode: str = "int8") -> nn.Module:
     if mode == "none":
         return model
     drop_identity_caches(model)  # fused projections and cached decode arguments hold the floats
-    if mode == "bf16":
-        return _to_bf16(model)
     wanted = 4 if mode == "int4" else 8
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and name not in KEEP_LINEAR:
-                bits = wanted if wanted == 8 or _int4_ok(child.in_features) else 8
-                setattr(module, name, QuantLinear(child, bits))
-        for name in EXPERT_STACKS:
-            stack = module._parameters.get(name)
-            if stack is not None and stack.dim() == 3:
-                bits = wanted if wanted == 8 or _int4_ok(stack.shape[-1]) else 8
-                del module._parameters[name]
-                module.add_module(name, QuantExperts(stack, bits))
+    for module, name, target in list(_quantisable(model)):
+        if mode == "bf16":  # the same modules, bf16 weights: every fp path still takes them
+            if isinstance(target, nn.Linear):
+                target.weight = _bf16(target.weight)
+            else:
+                setattr(module, name, _bf16(target))
+        elif isinstance(target, nn.Linear):
+            bits = wanted if wanted == 8 or _int4_ok(target.in_features) else 8
+            setattr(module, name, QuantLinear(target, bits))
+        else:
+            bits = wanted if wanted == 8 or _int4_ok(target.shape[-1]) else 8
+            del module._parameters[name]
+            module.add_module(name, QuantExperts(target, bits))
     return model
 
 
-def _to_bf16(model: nn.Module) -> nn.Module:
-    """The weights ``quantize_`` would quantise, as bf16 parameters (same modules, so every
-    path that takes an ``nn.Linear`` or an expert stack still does)."""
+def _quantisable(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear | torch.Tensor]]:
+    """(owner, name, ``nn.Linear`` or 3-D expert stack) of everything ``quantize_`` quantises."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and name not in KEEP_LINEAR:
-                child.weight = _bf16(child.weight)
+                yield module, name, child
         for name in EXPERT_STACKS:
             stack = module._parameters.get(name)
             if stack is not None and stack.dim() == 3:
-                setattr(module, name, _bf16(stack))
-    return model
+                yield module, name, stack
 
 
 def _bf16(weight: torch.Tensor) -> nn.Parameter:
