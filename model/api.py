@@ -408,7 +408,7 @@ def load(
         isinstance(kv_torch_dtype, torch.dtype) and kv_torch_dtype.is_floating_point
     ):
         raise ValueError(f"kv_dtype must be a floating-point torch dtype or its name, got {kv_dtype!r}")
-    from model.quant import MODES, native_bf16, quantize_
+    from model.quant import MODES, native_bf16
 
     if quantize not in MODES:
         raise ValueError(f"unknown quantisation {quantize!r}; choose one of {', '.join(MODES)}")
@@ -420,23 +420,20 @@ def load(
         )
     resolved = resolve(name_or_path, download=download, progress=progress)
     if progress:
-        progress(f"loading {resolved.name}")
+        progress(f"loading {resolved.name}" + (f", quantising to {quantize}" if quantize != "none" else ""))
+    # Each projection is quantised as it is loaded: the float model is never whole in memory.
     if resolved.format == "gguf":
         from model.gguf import load_gguf
 
-        network, gguf_file = load_gguf(resolved.path, torch_dtype, device)
+        network, gguf_file = load_gguf(resolved.path, torch_dtype, device, quantize=quantize)
         tokenizer = Tokenizer.from_gguf(gguf_file.metadata)
     else:
         from model.hf import load_hf_dir
 
-        network = load_hf_dir(resolved.path, torch_dtype, device)
+        network = load_hf_dir(resolved.path, torch_dtype, device, quantize=quantize)
         tokenizer = Tokenizer.from_hf_dir(resolved.path)
     network.eval()
     network.kv_dtype = kv_torch_dtype
-    if quantize != "none":
-        if progress:
-            progress(f"quantising to {quantize}")
-        quantize_(network, quantize)
     cache = (PrefixCache(prefix_cache_bytes, default_block_size(network.device))
              if prefix_cache_bytes > 0 else None)
     return LanguageModel(

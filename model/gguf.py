@@ -611,8 +611,10 @@ def load_gguf(
     path: str | Path,
     dtype: torch.dtype | str = "float32",
     device: torch.device | str = "cpu",
+    quantize: str = "none",
 ) -> tuple[CausalLM, GGUFFile]:
-    """Build the model a GGUF file describes; returns it with the opened file (for metadata)."""
+    """Build the model a GGUF file describes; returns it with the opened file (for metadata).
+    ``quantize`` re-quantises its projections as they are dequantised (``build_model``)."""
     import torch
 
     from model.config import ModelConfig
@@ -623,6 +625,6 @@ def load_gguf(
     hf_config = hf_config_from_gguf(gf)
     config = ModelConfig.from_hf_config(hf_config)
     tensors = gguf_tensors(gf, hf_config, torch_dtype)
-    model = build_model(config, tensors, torch_dtype, device, source=str(gf.path))
+    model = build_model(config, tensors, torch_dtype, device, source=str(gf.path), quantize=quantize)
     gf.close()  # every tensor is dequantised into the model: release the file mapping
     return model, gf

@@ -145,18 +145,24 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     source: str | Mapping[str, str] | None = None,
+    quantize: str = "none",
 ) -> CausalLM:
     """Build a CausalLM from transformers-named tensors (see the module docstring).
 
     ``source`` names where the tensors came from (one file, or tensor name -> file) so a
     ``CheckpointError`` can say which file holds a bad tensor. Tensors are consumed one by one,
     so an iterator of lazily read tensors keeps memory at one converted tensor at a time.
+    ``quantize`` (a ``model.quant.MODES`` name) quantises each projection as soon as its
+    tensors are in, so the float model is never whole in memory.
     """
+    from model.quant import LoadQuantizer
+
     def where(name: str) -> str | None:
         return source.get(name) if isinstance(source, Mapping) else source
 
     with torch.device("meta"):
         model = CausalLM(config)
+    quantizer = LoadQuantizer(model, quantize)
     shapes = {n: p.shape for n, p in model.named_parameters()}
     stacked: dict[str, torch.Tensor] = {}  # MoE expert stacks being filled
     filled: dict[str, set[int]] = {}
@@ -187,6 +193,7 @@ def build_model(
                     raise CheckpointError("tensor given twice", file=where(name), tensor=name)
                 _set_param(model, base + leaf, part.to(device=device, dtype=dtype).contiguous())
                 done.add(base + leaf)
+                quantizer.filled(base + leaf)
             continue
         full = shapes[ours]
         want = tuple(full[1:]) if expert is not None else tuple(full)
@@ -198,32 +205,31 @@ def build_model(
                 f"shape {got} does not match the expected {want} from config.json",
                 file=where(name), tensor=name,
             )
+        if ours in done or (expert is None and ours in filled):
+            both = (expert is None) == (ours in filled)  # per-expert and stacked tensors
+            detail = "experts given both stacked and one by one" if both else "tensor given twice"
+            raise CheckpointError(detail, file=where(name), tensor=name)
         if expert is None:
-            if ours in done:
-                raise CheckpointError("tensor given twice", file=where(name), tensor=name)
             _set_param(model, ours, tensor.to(device=device, dtype=dtype))
             done.add(ours)
-        else:
-            if ours not in stacked:
-                stacked[ours] = torch.empty(tuple(full), dtype=dtype, device=device)
-                filled[ours] = set()
-            stacked[ours][expert].copy_(tensor)
-            filled[ours].add(expert)
-    for ours, buf in stacked.items():
-        if ours in done:  # both a stacked/fused tensor and per-expert tensors
-            raise CheckpointError(
-                "experts given both stacked and one by one", file=source if isinstance(source, str) else None,
-                tensor=_hf_name(config, ours).replace("{j}", str(min(filled[ours]))),
-            )
+            quantizer.filled(ours)
+            continue
+        if ours not in stacked:
+            stacked[ours] = torch.empty(tuple(full), dtype=dtype, device=device)
+            filled[ours] = set()
+        stacked[ours][expert].copy_(tensor)
+        filled[ours].add(expert)
+        if len(filled[ours]) == full[0]:  # complete: in place (and quantised) now
+            _set_param(model, ours, stacked.pop(ours))
+            done.add(ours)
+            quantizer.filled(ours)
+    for ours in stacked:  # stacks still missing experts
         missing = sorted(set(range(config.num_experts)) - filled[ours])
-        if missing:
-            raise CheckpointError(
-                f"experts {missing} missing",
-                file=source if isinstance(source, str) else None,
-                tensor=_hf_name(config, ours).replace("{j}", str(missing[0])),
-            )
-        _set_param(model, ours, buf)
-        done.add(ours)
+        raise CheckpointError(
+            f"experts {missing} missing",
+            file=source if isinstance(source, str) else None,
+            tensor=_hf_name(config, ours).replace("{j}", str(missing[0])),
+        )
     if config.tie_word_embeddings:
         done.add("lm_head.weight")
     missing = [n for n in shapes if n not in done]
@@ -236,6 +242,7 @@ def build_model(
         )
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    quantizer.finish()
     return model.eval()
 
 
@@ -359,8 +366,10 @@ def load_hf_dir(
     path: str | os.PathLike[str],
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    quantize: str = "none",
 ) -> CausalLM:
-    """Load a Hugging Face model directory (config.json + safetensors) into a CausalLM."""
+    """Load a Hugging Face model directory (config.json + safetensors) into a CausalLM,
+    quantising its projections on the way in (``build_model``'s ``quantize``)."""
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError("not a directory", file=str(root))
@@ -375,7 +384,8 @@ def load_hf_dir(
 
     origin: dict[str, str] = {}
     try:
-        return build_model(config, tensors(), dtype=dtype, device=device, source=origin)
+        return build_model(config, tensors(), dtype=dtype, device=device, source=origin,
+                           quantize=quantize)
     except CheckpointError as exc:
         if exc.file is not None:
             raise

@@ -27,10 +27,14 @@ What is quantised (in place):
 int8 and int4 replace those modules and stacks (:class:`QuantLinear`, :class:`QuantExperts`);
 bf16 keeps them and replaces their weights. Embeddings, norms and the SSM parameters stay as
 they are.
+
+``model.load(..., quantize=...)`` quantises while it loads (:class:`LoadQuantizer`): each
+projection as soon as its tensors are in, so the float model is never whole in memory.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -47,21 +51,35 @@ EXPERT_STACKS = ("gate_proj", "up_proj", "down_proj")
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., out, in) float weight -> (int8 weight, fp32 scale (..., out)), per output row."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=-1).clamp_min(1e-12) / 127.0
-    w8 = torch.round(w / scale[..., None]).clamp_(-127, 127).to(torch.int8)
+    w = weight.detach()
+    scale = torch.maximum(w.amax(dim=-1), -w.amin(dim=-1)).float().clamp_min(1e-12) / 127.0
+    w8 = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    for rows in _row_blocks(w):
+        q = torch.round(w[rows].float() / scale[rows].unsqueeze(-1)).clamp_(-127, 127)
+        w8[rows] = q.to(torch.int8)
     return w8, scale
 
 
 def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, in) float weight, in % 32 == 0 -> packed (out, in/2) uint8, scale and minimum
     (out, in/32) fp32."""
-    w = weight.detach().float()
+    w = weight.detach()
     groups = w.reshape(w.shape[0], -1, kernels.quant_linear.INT4_GROUP)  # (out, in/32, 32)
-    minimum = groups.amin(dim=-1)
-    scale = (groups.amax(dim=-1) - minimum).clamp_min(1e-12) / 15.0
-    q = torch.round((groups - minimum[..., None]) / scale[..., None]).clamp_(0, 15)
-    return kernels.pack_int4(q.reshape(w.shape)), scale, minimum
+    minimum = groups.amin(dim=-1).float()
+    scale = (groups.amax(dim=-1).float() - minimum).clamp_min(1e-12) / 15.0
+    packed = torch.empty(w.shape[0], w.shape[1] // 2, dtype=torch.uint8, device=w.device)
+    for rows in _row_blocks(w):
+        q = torch.round((groups[rows].float() - minimum[rows, :, None]) / scale[rows, :, None])
+        packed[rows] = kernels.pack_int4(q.clamp_(0, 15).reshape(-1, w.shape[1]))
+    return packed, scale, minimum
+
+
+def _row_blocks(weight: torch.Tensor, elements: int = 1 << 18) -> list[slice]:
+    """Slices of ``weight``'s leading dimension of ~``elements`` values each: quantising block
+    by block keeps the float temporaries at about a MiB, not several copies of a whole weight (a
+    3B model's 670 MB embedding-sized head would otherwise briefly need 2-3 GB more)."""
+    step = max(1, elements // max(1, math.prod(weight.shape[1:])))
+    return [slice(i, i + step) for i in range(0, weight.shape[0], step)]
 
 
 def native_bf16() -> bool:
@@ -153,21 +171,71 @@ def quantize_(model: nn.Module, mode: str = "int8") -> nn.Module:
     if mode == "none":
         return model
     drop_identity_caches(model)  # fused projections and cached decode arguments hold the floats
-    wanted = 4 if mode == "int4" else 8
-    for module, name, target in list(_quantisable(model)):
-        if mode == "bf16":  # the same modules, bf16 weights: every fp path still takes them
-            if isinstance(target, nn.Linear):
-                target.weight = _bf16(target.weight)
-            else:
-                setattr(module, name, _bf16(target))
-        elif isinstance(target, nn.Linear):
-            bits = wanted if wanted == 8 or _int4_ok(target.in_features) else 8
-            setattr(module, name, QuantLinear(target, bits))
-        else:
-            bits = wanted if wanted == 8 or _int4_ok(target.shape[-1]) else 8
-            del module._parameters[name]
-            module.add_module(name, QuantExperts(target, bits))
+    for module, name, _ in list(_quantisable(model)):
+        _quantize_one(module, name, mode)
     return model
+
+
+def _quantize_one(module: nn.Module, name: str, mode: str) -> None:
+    """Quantise ``module``'s child Linear or expert stack ``name`` (one of ``_quantisable``'s)."""
+    target = getattr(module, name)
+    if mode == "bf16":  # the same modules, bf16 weights: every fp path still takes them
+        if isinstance(target, nn.Linear):
+            target.weight = _bf16(target.weight)
+        else:
+            setattr(module, name, _bf16(target))
+    elif isinstance(target, nn.Linear):
+        bits = 4 if mode == "int4" and _int4_ok(target.in_features) else 8
+        setattr(module, name, QuantLinear(target, bits))
+    else:
+        bits = 4 if mode == "int4" and _int4_ok(target.shape[-1]) else 8
+        del module._parameters[name]
+        module.add_module(name, QuantExperts(target, bits))
+
+
+class LoadQuantizer:
+    """Quantises a model while a loader fills it, each projection as soon as it is complete.
+
+    So loading with ``quantize`` never holds the whole float model: the peak is the quantised
+    model plus the float tensors of the projections still being filled, not the float model
+    (12 GB in fp32 for a 3B model whose int8 form is 3 GB). The result equals loading in float
+    and calling :func:`quantize_` after. Built on the model's skeleton (its parameters may be
+    on the meta device); the loader calls :meth:`filled` with each parameter's name once it
+    holds its final tensor, and :meth:`finish` at the end for what was never loaded (a tied
+    ``lm_head`` that shares the embedding).
+    """
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown quantisation {mode!r}; choose one of {MODES}")
+        self.model, self.mode = model, mode
+        self._waiting: dict[str, set[str]] = {}  # owner.name -> parameter names not yet filled
+        self._owner_of: dict[str, str] = {}  # parameter name -> owner.name
+        if mode == "none":
+            return
+        prefix = {id(m): n for n, m in model.named_modules()}
+        for module, name, target in _quantisable(model):
+            key = f"{prefix[id(module)]}.{name}".lstrip(".")
+            params = ([f"{key}.{leaf}" for leaf, _ in target.named_parameters()]
+                      if isinstance(target, nn.Module) else [key])
+            self._waiting[key] = set(params)
+            self._owner_of.update(dict.fromkeys(params, key))
+
+    def filled(self, param: str) -> None:
+        """``param`` (a name of ``model.named_parameters()``) holds its final tensor now."""
+        key = self._owner_of.pop(param, None)
+        if key is None:
+            return
+        waiting = self._waiting[key]
+        waiting.discard(param)
+        if not waiting:
+            del self._waiting[key]
+            owner, _, name = key.rpartition(".")
+            _quantize_one(self.model.get_submodule(owner), name, self.mode)
+
+    def finish(self) -> None:
+        """Quantise what is left (tied weights: the loader sets them after every tensor)."""
+        quantize_(self.model, self.mode)
 
 
 def _quantisable(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear | torch.Tensor]]:

@@ -109,6 +109,21 @@ def test_bf16_load_dtype(tiny_llama):
     assert model(torch.tensor([[5, 6, 7]])).dtype == torch.float32
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4", "bf16"])
+def test_quantising_while_loading_equals_quantising_after(tiny_llama, mode):
+    """The GGUF loader hands ``quantize`` to ``build_model``, which quantises each projection
+    as it is dequantised: the same tensors as quantising the whole float model after."""
+    from model.quant import quantize_
+
+    path, _, _ = tiny_llama
+    during, _ = load_gguf(path, quantize=mode)
+    after = quantize_(load_gguf(path)[0], mode)
+    want, got = after.state_dict(), during.state_dict()
+    assert got.keys() == want.keys() and any(t.dtype != torch.float32 for t in got.values())
+    for key, tensor in want.items():
+        assert got[key].dtype == tensor.dtype and torch.equal(got[key], tensor), key
+
+
 def test_corrupted_header_is_a_checkpoint_error(tmp_path, tiny_llama):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUX" + bytes(range(200)))
