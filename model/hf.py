@@ -43,6 +43,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.errors import CheckpointError
+from model.quant import LoadQuantizer
 from model.transformer import CausalLM
 
 _SAFETENSORS_DTYPES = {
@@ -155,8 +156,6 @@ def build_model(
     ``quantize`` (a ``model.quant.MODES`` name) quantises each projection as soon as its
     tensors are in, so the float model is never whole in memory.
     """
-    from model.quant import LoadQuantizer
-
     def where(name: str) -> str | None:
         return source.get(name) if isinstance(source, Mapping) else source
 
