@@ -229,13 +229,18 @@ class LoadQuantizer:
         waiting = self._waiting[key]
         waiting.discard(param)
         if not waiting:
-            del self._waiting[key]
-            owner, _, name = key.rpartition(".")
-            _quantize_one(self.model.get_submodule(owner), name, self.mode)
+            self._quantise(key)
 
     def finish(self) -> None:
-        """Quantise what is left (tied weights: the loader sets them after every tensor)."""
-        quantize_(self.model, self.mode)
+        """Quantise what was never filled: a tied ``lm_head``, which the loader points at the
+        embedding after every tensor is in."""
+        for key in list(self._waiting):
+            self._quantise(key)
+
+    def _quantise(self, key: str) -> None:
+        del self._waiting[key]
+        owner, _, name = key.rpartition(".")
+        _quantize_one(self.model.get_submodule(owner), name, self.mode)
 
 
 def _quantisable(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear | torch.Tensor]]:

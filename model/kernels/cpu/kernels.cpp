@@ -1055,7 +1055,7 @@ inline int64_t block_rows(int64_t n_out, int64_t blk, int64_t* row) {
 // bf16 weights of model.quant's "bf16": half the bytes, widened exactly in registers, fp32
 // arithmetic). The BLAS gemv streams a cold weight at ~15 GB/s here; reading 8 rows at a time
 // keeps more memory requests in flight (2-6% faster than 4 rows on every decode shape of the
-// 300M Jamba, cold weights, 2 threads), and taking them far apart (matvec_block) keeps those 8
+// 300M Jamba, cold weights, 2 threads), and taking them far apart (block_rows) keeps those 8
 // streams running from block to block. No software prefetch: with the hardware prefetcher
 // alone this streams at ~1.0 of a plain sum over memory; a prefetch of the next rows made it
 // ~7% slower (and, tried on bf16 weights before the rows were taken far apart, gained < 3%).
