@@ -36,6 +36,8 @@ class AttentionInputs:
     start: int  # tokens already in the cache before this call (0 without a cache)
     rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin: (B, L, hd) in the model dtype
     mask: torch.Tensor | None  # (B or 1, 1, L, T) bool, True = may attend; None with is_causal
+    # Plain causal: query i (at slot start+i) attends slots 0..start+i, nothing else in the way
+    # (kernels.causal_attention); with start == 0 that is SDPA's is_causal.
     is_causal: bool
     # A decode step whose cache slot is a device tensor (1,) long instead of ``start`` (what a
     # CUDA graph replays, see model.cuda_graph): K/V are written at that slot and attention
@@ -82,18 +84,15 @@ def causal_mask(
 ) -> tuple[torch.Tensor | None, bool]:
     """The attention mask for ``length`` queries at slots start.. over T = start+length keys.
 
-    Returns ``(mask, is_causal)``; the mask is None whenever SDPA's own flags suffice (the common
-    unpadded prefill and decode), so those paths build nothing. ``key_real`` (B, T) marks real
-    tokens; a padded key is never attended. Every query may attend to itself, so a padded query
+    Returns ``(mask, is_causal)``; the mask is None for the common unpadded prefill (then
+    ``is_causal``, see ``AttentionInputs``) and decode, so those paths build nothing.
+    ``key_real`` (B, T) marks real tokens; a padded key is never attended. Every query may attend to itself, so a padded query
     (whose earlier keys are all padding) gets a finite, ignored output instead of NaN that
     would poison the Mamba layers after it.
     """
     total = start + length
     if key_real is None and (window is None or window >= total):
-        if length == 1:
-            return None, False
-        if start == 0:
-            return None, True
+        return None, length > 1
     q_pos = torch.arange(start, total, device=device)[:, None]  # (L, 1)
     k_pos = torch.arange(total, device=device)[None, :]  # (1, T)
     allowed = k_pos <= q_pos  # (L, T)
@@ -150,11 +149,14 @@ class Attention(nn.Module):
             kv.v[:, :, inputs.start : end] = v
             # (B, Hkv, T, hd): views, no copy, unless the cache is kept in a lower precision
             k, v = kv.k[:, :, :end].to(q.dtype), kv.v[:, :, :end].to(q.dtype)
-        with kernels.sdpa_backends(q):
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal,
-                enable_gqa=self.num_heads != self.num_kv_heads,
-            )  # (B, H, L, hd)
+        if inputs.is_causal:  # also a chunk after the cached ones: no mask tensor
+            with kernels.sdpa_backends(q):
+                out = kernels.causal_attention(q, k, v)  # (B, H, L, hd)
+        else:
+            with kernels.sdpa_backends(q):
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=inputs.mask, enable_gqa=self.num_heads != self.num_kv_heads,
+                )  # (B, H, L, hd)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.num_heads * hd))
 
     def _decode_at_slot(

@@ -5,7 +5,8 @@ and ``causal_conv1d_update``, ``mamba_decode_step`` (the whole Jamba mixer betwe
 out_proj for one token), ``int8_linear`` / ``int4_linear`` (weight-only quantised matmul, used
 by :mod:`model.quant`), ``rms_norm``, ``rope``, ``linear`` (a multi-threaded matvec for decode), ``silu_mul`` (SwiGLU's
 activation on a fused gate|up projection), ``attention_decode`` (one attention decode step over
-the KV cache, RoPE and cache write included), ``decoder_layer_decode`` (a whole Llama-family
+the KV cache, RoPE and cache write included), ``causal_attention`` (a prefill chunk's
+attention over the cache and itself), ``decoder_layer_decode`` (a whole Llama-family
 layer for one decode step), ``mamba_mixer_decode``, ``moe_decode`` and ``mlp_decode`` (Jamba's
 Mamba mixer, MoE and dense MLP sublayers for one decode step, norm and residual included),
 ``new_decode_plan`` (a model's whole decode step as one call; None on the reference),
@@ -21,6 +22,7 @@ compiled on first use), Triton on CUDA, or the reference. Tests and benchmarks p
 """
 
 from model.kernels.attention_decode import attention_decode, attention_decode_ref, sdpa_backends
+from model.kernels.causal_attention import causal_attention, causal_attention_ref
 from model.kernels.causal_conv1d import (
     causal_conv1d,
     causal_conv1d_ref,
@@ -71,6 +73,8 @@ __all__ = [
     "active_backend",
     "attention_decode",
     "attention_decode_ref",
+    "causal_attention",
+    "causal_attention_ref",
     "causal_conv1d",
     "causal_conv1d_ref",
     "causal_conv1d_update",

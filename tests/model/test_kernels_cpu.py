@@ -470,6 +470,50 @@ def test_attention_decode(batch, heads, kv_heads, hd, slots, start, rope):
     torch.testing.assert_close(kernels.attention_decode(q2, k2, v2, kc, vc, start, cos, sin), y)
 
 
+# (batch, heads, kv_heads, hd, start, length): SmolLM2's 9/3 heads, Jamba's 12/4, plain MHA,
+# a first chunk (start 0), a chunk shorter and one longer than its prefix, a single query.
+CAUSAL_SHAPES = [
+    (1, 9, 3, 64, 200, 64),
+    (2, 12, 4, 64, 37, 100),
+    (1, 4, 4, 32, 0, 50),
+    (2, 6, 2, 16, 1, 7),
+    (1, 8, 2, 24, 300, 1),
+]
+
+
+@pytest.mark.parametrize(("batch", "heads", "kv_heads", "hd", "start", "length"), CAUSAL_SHAPES)
+def test_causal_attention(batch, heads, kv_heads, hd, start, length):
+    """The split prefix/causal-block op against SDPA with the explicit mask, on keys read from a
+    longer cache buffer (strided views, as the attention layer passes them)."""
+    g = torch.Generator().manual_seed(23)
+    total = start + length
+    q = torch.randn(batch, length, heads, hd, generator=g).transpose(1, 2)  # (B, H, L, hd) view
+    cache_k = torch.randn(batch, kv_heads, total + 40, hd, generator=g)
+    cache_v = torch.randn(batch, kv_heads, total + 40, hd, generator=g)
+    k, v = cache_k[:, :, :total], cache_v[:, :, :total]
+    y = kernels.causal_attention(q, k, v)
+    y_ref = kernels.causal_attention_ref(q, k, v)
+    assert y.shape == (batch, heads, length, hd)
+    _assert_fp32(f"causal_attention {heads}/{kv_heads}x{hd} {start}+{length}", y, y_ref, tol=1e-5)
+    # by hand: softmax over keys 0..start+i of query i
+    rep = heads // kv_heads
+    scores = q @ k.repeat_interleave(rep, 1).transpose(-1, -2) / hd**0.5  # (B, H, L, T)
+    allowed = torch.arange(total)[None, :] <= torch.arange(start, total)[:, None]
+    by_hand = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v.repeat_interleave(rep, 1)
+    _assert_fp32("causal_attention by hand", y, by_hand, tol=1e-5)
+
+
+def test_causal_attention_bf16():
+    g = torch.Generator().manual_seed(24)
+    q = torch.randn(1, 9, 48, 64, generator=g)
+    k, v = torch.randn(1, 3, 160, 64, generator=g), torch.randn(1, 3, 160, 64, generator=g)
+    ref32 = kernels.causal_attention_ref(q, k, v)
+    low = [t.bfloat16() for t in (q, k, v)]
+    y = kernels.causal_attention(*low)
+    assert y.dtype == torch.bfloat16
+    _assert_low_precision("causal_attention bf16", y, kernels.causal_attention_ref(*low), ref32)
+
+
 def _projection(g, kind: str, n_out: int, k_in: int, bias: bool) -> list:
     from model.quant import quantize_int4, quantize_int8
 

@@ -379,7 +379,11 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
     def new_decode_plan(dim):
         return torch.classes.model_kernels.DecodePlan(int(dim))
 
+    from model.kernels.causal_attention import causal_attention_split
+
     return {
+        # composed of PyTorch's CPU flash-attention op, nothing compiled: CPU-only all the same
+        "causal_attention": causal_attention_split,
         "new_decode_plan": new_decode_plan,
         "mlp_decode": mlp_decode,
         "mamba_mixer_decode": mamba_mixer_decode,
