@@ -96,7 +96,7 @@ class LanguageModel:
     def enable_prefix_cache(self, max_bytes: int = 512 * 2**20,
                             block_size: int | None = None) -> PrefixCache:
         """Reuse prompt-prefix states from now on, keeping at most ``max_bytes`` of them;
-        ``block_size`` defaults to the model's prefill chunk (512 on the CPU, 8192 on a GPU)."""
+        ``block_size`` defaults to the model's prefill chunk (1024 on the CPU, 8192 on a GPU)."""
         self.prefix_cache = PrefixCache(max_bytes, block_size or default_block_size(self.model.device))
         return self.prefix_cache
 

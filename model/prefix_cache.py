@@ -47,12 +47,12 @@ if TYPE_CHECKING:
 
 __all__ = ["PrefixCache", "PrefixCacheStats", "PrefixMatch", "default_block_size"]
 
-DEFAULT_BLOCK_SIZE = 512  # = generate.PREFILL_CHUNK: cold prefills chunk exactly as without cache
+DEFAULT_BLOCK_SIZE = 1024  # = generate.PREFILL_CHUNK: cold prefills chunk exactly as without cache
 
 
 def default_block_size(device: torch.device) -> int:
     """The block size for a model on ``device``: its prefill chunk (``generate.prefill_chunk``:
-    512 on the CPU, 8192 on a GPU), so that a cold prefill with the cache on runs the same
+    1024 on the CPU, 8192 on a GPU), so that a cold prefill with the cache on runs the same
     calls as without it, and a GPU prefill is not cut into launch-bound 512-token calls."""
     from model.generate import prefill_chunk
 

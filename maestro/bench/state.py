@@ -183,6 +183,7 @@ def _state(plan: dict[str, Any]) -> dict[str, Any]:
 
     from model.cache import HybridCache
     from model.config import ModelConfig
+    from model.generate import prefill_chunk
     from model.state_io import snapshot_from_bytes, snapshot_to_bytes
 
     config = getattr(ModelConfig, plan["jamba"])()
@@ -192,7 +193,7 @@ def _state(plan: dict[str, Any]) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
     history = torch.randint(3, config.vocab_size, (1, n), generator=gen)
     new = torch.randint(3, config.vocab_size, (1, k), generator=gen)
-    chunk = 512
+    chunk = prefill_chunk(model.device)  # as model.generate prefills
     with torch.inference_mode():
         _progress(f"prefilling {n} tokens (the re-prefill baseline)")
         cache = model.new_cache(1, n + k)

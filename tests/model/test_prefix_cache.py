@@ -152,12 +152,13 @@ def test_smollm2_chat_reuses_the_shared_system_prompt(smollm2):
 
 
 def test_block_size_follows_the_prefill_chunk_of_the_device():
-    """Blocks align with the prefill calls: 512 tokens on the CPU; on a GPU, where a prefill
-    call is bound by kernel launches, 8192 tokens a call across the batch."""
+    """Blocks align with the prefill calls: 1024 tokens a call across the batch on the CPU
+    (at least 128 a row); on a GPU, where a prefill call is bound by kernel launches, 8192."""
     from model.generate import prefill_chunk
     from model.prefix_cache import default_block_size
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert prefill_chunk(cpu) == prefill_chunk(cpu, 16) == 512 == default_block_size(cpu)
+    assert prefill_chunk(cpu) == 1024 == default_block_size(cpu)
+    assert prefill_chunk(cpu, 4) == 256 and prefill_chunk(cpu, 16) == 128
     assert prefill_chunk(gpu) == 8192 == default_block_size(gpu)
     assert prefill_chunk(gpu, 4) == 2048 and prefill_chunk(gpu, 64) == 512
