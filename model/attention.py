@@ -86,9 +86,9 @@ def causal_mask(
 
     Returns ``(mask, is_causal)``; the mask is None for the common unpadded prefill (then
     ``is_causal``, see ``AttentionInputs``) and decode, so those paths build nothing.
-    ``key_real`` (B, T) marks real tokens; a padded key is never attended. Every query may attend to itself, so a padded query
-    (whose earlier keys are all padding) gets a finite, ignored output instead of NaN that
-    would poison the Mamba layers after it.
+    ``key_real`` (B, T) marks real tokens; a padded key is never attended. Every query may
+    attend to itself, so a padded query (whose earlier keys are all padding) gets a finite,
+    ignored output instead of NaN that would poison the Mamba layers after it.
     """
     total = start + length
     if key_real is None and (window is None or window >= total):
@@ -149,11 +149,10 @@ class Attention(nn.Module):
             kv.v[:, :, inputs.start : end] = v
             # (B, Hkv, T, hd): views, no copy, unless the cache is kept in a lower precision
             k, v = kv.k[:, :, :end].to(q.dtype), kv.v[:, :, :end].to(q.dtype)
-        if inputs.is_causal:  # also a chunk after the cached ones: no mask tensor
-            with kernels.sdpa_backends(q):
+        with kernels.sdpa_backends(q):
+            if inputs.is_causal:  # also a chunk after cached tokens: no mask tensor
                 out = kernels.causal_attention(q, k, v)  # (B, H, L, hd)
-        else:
-            with kernels.sdpa_backends(q):
+            else:
                 out = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=inputs.mask, enable_gqa=self.num_heads != self.num_kv_heads,
                 )  # (B, H, L, hd)
