@@ -53,9 +53,9 @@ CPU_MIN_CHUNK, GPU_MIN_CHUNK = 128, 512  # tokens per row in one call, however l
 def prefill_chunk(device: torch.device, batch: int = 1) -> int:
     """Tokens per row in one prefill call: bounds the activations a call holds.
 
-    On the CPU 1024 tokens a call across the batch. A prefill there is bound by the matmuls, and longer calls give the BLAS
-    taller products (the MoE's experts get ~250 rows each from 512 tokens) and attention longer
-    query blocks. Against 512, interleaved in one process on the 2-core EPYC: the 300M Jamba
+    On the CPU 1024 tokens a call across the batch. A prefill there is bound by the matmuls,
+    and longer calls give the BLAS taller products (the MoE's experts get ~250 rows each from
+    512 tokens) and attention longer query blocks. Against 512, interleaved in one process on the 2-core EPYC: the 300M Jamba
     prefilled 2048 tokens 4% faster (421 against 405 tok/s, 9 pairs) and 8192 4.5% faster;
     SmolLM2 2048 tokens 9% and 8168 12% faster. One call of 2048 was slower than two of 1024.
     On a GPU a call of a small model is bound by launching its kernels from the host, so

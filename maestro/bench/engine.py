@@ -214,13 +214,14 @@ class _Ours:
         """(prefill seconds, seconds for ``steps`` decode steps after it, cache bytes after ids)."""
         import torch
 
-        from model.generate import PREFILL_CHUNK
+        from model.generate import prefill_chunk
 
         cache = self.model.new_cache(1, ids.shape[1] + steps + 1)
+        chunk = prefill_chunk(ids.device)
 
         def prefill() -> None:
-            for start in range(0, ids.shape[1], PREFILL_CHUNK):
-                self.model(ids[:, start : start + PREFILL_CHUNK], cache=cache, logits_to_keep=1)
+            for start in range(0, ids.shape[1], chunk):
+                self.model(ids[:, start : start + chunk], cache=cache, logits_to_keep=1)
 
         prefill_s = _timed(prefill)
         nbytes = cache.snapshot().nbytes()

@@ -14,10 +14,11 @@ be an (L, T) tensor, which SDPA converts to floats and adds to every head's scor
 version splits the keys instead: the cached prefix needs no mask at all, and a group's H/Hkv
 query heads share one key head there, so they run as ONE head of (H/Hkv)·L queries over the
 keys in place (longer query blocks, each key block read once per group); the chunk's own L keys
-form a plain causal block. The two partial softmaxes are merged by their
-log-sum-exps. One layer, a 512-token chunk, against SDPA with the mask (interleaved, median of
-21, 2-core EPYC): 1.02-1.08x after 512-1536 cached tokens, 1.24x (SmolLM2's 9/3 heads) and
-1.32x (Jamba's 12/4) after 7680.
+form a plain causal block. The two partial softmaxes are merged by their log-sum-exps.
+
+One layer, a 512-token chunk, against SDPA with the mask (interleaved, median of 21, 2-core
+EPYC): 1.02-1.08x after 512-1536 cached tokens, 1.24x (SmolLM2's 9/3 heads) and 1.32x (Jamba's
+12/4) after 7680.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from model.kernels.causal_attention import causal_attention_split
 from model.kernels.dispatch import BackendUnavailable
 
 logger = logging.getLogger(__name__)
@@ -378,8 +379,6 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
 
     def new_decode_plan(dim):
         return torch.classes.model_kernels.DecodePlan(int(dim))
-
-    from model.kernels.causal_attention import causal_attention_split
 
     return {
         # composed of PyTorch's CPU flash-attention op, nothing compiled: CPU-only all the same
