@@ -22,8 +22,11 @@ Metrics: prefill tokens/s at each prompt length; decode tokens/s after a context
 after N tokens divided by N; the Mamba state is fixed-size, so a hybrid's number falls with N),
 and the cache a 32k-token context would hold, extrapolated linearly from two measured lengths;
 the decode bandwidth bound (bytes of the weights one token reads / this machine's read
-bandwidth, a 1 GiB sum probed between the decode repetitions it is compared with); peak RSS of
-a process that loads one engine and prefills the longest prompt.
+bandwidth, a 1 GiB sum probed between the decode repetitions it is compared with); the prefill
+matmul bound (the matmul and attention FLOPs our fp32 prefill of N tokens runs, counted by
+PyTorch's FlopCounterMode, at this machine's fp32 matmul rate, the best of three 2048x2048
+products probed after each prefill length); peak RSS of a process that loads one engine and
+prefills the longest prompt.
 
 Speed is measured with all of a model's engines loaded in one process and run alternately on
 the same inputs, every prompt length in every repetition (median of ``reps``), so a change in
@@ -37,19 +40,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from maestro.bench import machine_info
 
-# probe_mib: the fp32 array summed to measure read bandwidth (far larger than the caches).
+# probe_mib: the fp32 array summed to measure read bandwidth (far larger than the caches);
+# matmul_probe (default 2048): the side of the square fp32 product that measures the matmul rate.
 FULL = {"prefill": [512, 2048, 8192], "decode_after": [512, 8192], "steps": 16, "reps": 3,
         "probe_mib": 1024}
 QUICK = {"prefill": [32, 64], "decode_after": [32], "steps": 4, "reps": 1, "probe_mib": 128}
@@ -185,6 +190,61 @@ def _read_bandwidth(data: Any) -> float:
     return float(data.nbytes / best)
 
 
+def _matmul_rate(square: Any) -> float:
+    """FLOP/s of this process's fp32 matmul: best of 3 products of ``square`` by itself."""
+    n = square.shape[0]
+    best = min(_timed(lambda: square @ square) for _ in range(3))
+    return float(2 * n**3 / best)
+
+
+def _attention_flops(query: Sequence[int], key: Sequence[int], value: Sequence[int],
+                     is_causal: bool) -> int:
+    """FLOPs of attention over shapes (B, H, L, hd) and (B, Hkv, T, hd): ``2·(hd + hd_v)`` per
+    (query head, key) pair scored; ``is_causal`` is PyTorch's top-left-aligned mask."""
+    batch, heads, queries, dim = query
+    keys, value_dim = key[-2], value[-1]
+    if not is_causal:
+        pairs = queries * keys
+    elif queries <= keys:
+        pairs = queries * (queries + 1) // 2
+    else:
+        pairs = keys * (keys + 1) // 2 + (queries - keys) * keys
+    return 2 * batch * heads * pairs * (dim + value_dim)
+
+
+def _prefill_flops(engine: _Ours, ids: Any) -> int:
+    """The matmul and attention FLOPs one prefill of ``ids`` runs in our engine, counted by
+    PyTorch's FlopCounterMode (the scan, conv, norms and activations are not counted). It knows
+    ``mm``/``bmm``; the attention ops and our matvec kernel are given their formulas here."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def sdpa(query: Sequence[int], key: Sequence[int], value: Sequence[int], attn_mask: Any = None, dropout_p: float = 0.0,
+             is_causal: bool = False, *args: Any, **kwargs: Any) -> int:
+        return _attention_flops(query, key, value, is_causal)
+
+    def cpu_flash(query: Sequence[int], key: Sequence[int], value: Sequence[int], dropout_p: float = 0.0,
+                  is_causal: bool = False, *args: Any, **kwargs: Any) -> int:
+        return _attention_flops(query, key, value, is_causal)
+
+    def matvec(x: Sequence[int], weight: Sequence[int], *args: Any, **kwargs: Any) -> int:
+        return 2 * math.prod(x[:-1]) * weight[0] * weight[1]
+
+    from model.kernels.dispatch import implementation
+
+    implementation("linear", ids.device.type)  # loads the backend, so its ops exist below
+    aten = torch.ops.aten
+    formulas: dict[Any, Any] = {aten.scaled_dot_product_attention: sdpa}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_flash
+    if hasattr(torch.ops.model_kernels, "linear_matvec"):  # the C++ backend is loaded
+        formulas[torch.ops.model_kernels.linear_matvec] = matvec
+    counter = FlopCounterMode(display=False, custom_mapping=formulas)
+    with counter:
+        engine.run(ids, 0)
+    return int(counter.get_total_flops())
+
+
 def _decode_weight_bytes(model: Any) -> int:
     """Bytes of weights one decode step reads: everything but the embedding table (one row is
     read) and the experts a token is not routed to (top-k of E)."""
@@ -270,7 +330,8 @@ def _interleaved(
     between ~20 and ~45 GB/s within the hour. Decode is timed right after the prefill of the
     same prompt. After each length with decode, the read bandwidth is probed too
     (``bandwidth_bytes_per_s``, the median per context length), so a decode's bandwidth bound
-    comes from the same minutes as the decode it is compared with. ``progress(message)``, if
+    comes from the same minutes as the decode it is compared with; after each prefill length,
+    the fp32 matmul rate (``matmul_flops_per_s``), for the prefill's matmul bound. ``progress(message)``, if
     given, hears of each length measured (a full run takes ~15 minutes per model).
     """
     import statistics
@@ -282,13 +343,16 @@ def _interleaved(
     out: dict[str, Any] = {
         name: {"prefill": {}, "decode": {}, "cache_bytes_per_token": {}} for name in engines
     }
-    out["bandwidth_bytes_per_s"] = {}
+    out["bandwidth_bytes_per_s"], out["matmul_flops_per_s"] = {}, {}
     probe = torch.ones(plan.get("probe_mib", 1024) * 2**18)
+    side = plan.get("matmul_probe", 2048)  # 2048: the product ENVIRONMENT.md quotes
+    square = torch.ones(side, side)
     lengths = sorted(set(plan["prefill"]) | set(plan["decode_after"]))
     prompts = {n: torch.randint(0, vocab, (1, n), generator=gen) for n in lengths}
     prefill: dict[tuple[str, int], list[float]] = {(name, n): [] for name in engines for n in lengths}
     decode: dict[tuple[str, int], list[float]] = {(name, n): [] for name in engines for n in lengths}
     bandwidth: dict[int, list[float]] = {n: [] for n in plan["decode_after"]}
+    matmul: dict[int, list[float]] = {n: [] for n in plan["prefill"]}
     with torch.inference_mode():
         warm = torch.randint(0, vocab, (1, plan["prefill"][0]), generator=gen)
         for engine in engines.values():  # allocator, thread pools, kernels compiled on first use
@@ -305,11 +369,15 @@ def _interleaved(
                         out[name]["cache_bytes_per_token"][n] = nbytes / n
                 if with_decode:
                     bandwidth[n].append(_read_bandwidth(probe))
+                if n in matmul:
+                    matmul[n].append(_matmul_rate(square))
                 if progress is not None:
                     progress(f"repetition {rep + 1}/{reps}, {n} tokens: "
                              f"{time.perf_counter() - started:.0f} s")
     for n, probes in bandwidth.items():
         out["bandwidth_bytes_per_s"][n] = statistics.median(probes)
+    for n, probes in matmul.items():
+        out["matmul_flops_per_s"][n] = statistics.median(probes)
     for name in engines:
         for n in plan["prefill"]:
             out[name]["prefill"][n] = n / statistics.median(prefill[name, n])
@@ -463,6 +531,12 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         for name, m in models.items():
             if name.startswith("ours"):
                 result[name]["decode_weight_bytes"] = _decode_weight_bytes(m)
+        if "ours/fp32" in engines:  # counted once per length, after the timed runs
+            gen = torch.Generator().manual_seed(0)
+            with torch.inference_mode():
+                result["ours/fp32"]["prefill_flops"] = {
+                    n: _prefill_flops(engines["ours/fp32"], torch.randint(0, vocab, (1, n), generator=gen))
+                    for n in plan["prefill"]}
         return result
     before = _peak_rss()
     start = time.perf_counter()
@@ -562,6 +636,14 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
     for n in lengths:
         rows.add(f"{model} prefill@{n} fp32", "tok/s", _at(ours, "prefill", n), _at(hf, "prefill", n),
                  "transformers fp32", target=3.0 if model == "jamba-300m" and n in longer else None)
+    rates = get(f"{model}/speed", {}).get("matmul_flops_per_s", {})
+    for n in lengths:
+        flops, rate = ours.get("prefill_flops", {}).get(n), rates.get(n)
+        if flops and rate:  # no prefill of n tokens can run faster than its FLOPs at that rate
+            rows.add(f"{model} prefill@{n} fp32 vs matmul bound", "tok/s", _at(ours, "prefill", n),
+                     n * rate / flops,
+                     f"bound ({rate / 1e9:.0f} GFLOP/s / {flops / n / 1e9:.3g} GFLOP/token)",
+                     target=0.6 if model == "jamba-300m" and n in longer else None)
     for n in plan["decode_after"]:
         rows.add(f"{model} decode after {n} fp32", "tok/s", _at(ours, "decode", n),
                  _at(hf, "decode", n), "transformers fp32")
@@ -721,7 +803,8 @@ def main(
     for model_name in models:
         speed = spawn(model_name, "all", "speed")
         if "error" not in speed:
-            results[f"{model_name}/speed"] = {"bandwidth_bytes_per_s": speed.pop("bandwidth_bytes_per_s")}
+            results[f"{model_name}/speed"] = {key: speed.pop(key) for key in (
+                "bandwidth_bytes_per_s", "matmul_flops_per_s")}
             for engine, measured in speed.items():
                 results[f"{model_name}/{engine}"] = measured
         for engine in ENGINES[model_name][:2]:

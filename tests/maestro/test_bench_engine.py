@@ -8,7 +8,8 @@ import pytest
 
 from maestro.bench import engine as bench
 
-PLAN = {"prefill": [8, 16], "decode_after": [8], "steps": 4, "reps": 3, "probe_mib": 8}
+PLAN = {"prefill": [8, 16], "decode_after": [8], "steps": 4, "reps": 3, "probe_mib": 8,
+        "matmul_probe": 64}
 
 
 class _Timed:
@@ -44,6 +45,7 @@ def test_engines_and_lengths_alternate_within_each_repetition_on_the_same_prompt
     assert out["ours/int8"]["cache_bytes_per_token"] == {8: 100.0, 16: 50.0}
     assert out["llama.cpp/Q4_1"]["cache_bytes_per_token"] == {}  # it reports none
     assert set(out["bandwidth_bytes_per_s"]) == {8} and out["bandwidth_bytes_per_s"][8] > 0
+    assert set(out["matmul_flops_per_s"]) == {8, 16} and min(out["matmul_flops_per_s"].values()) > 0
     assert [m.split(":")[0] for m in heard] == [
         f"repetition {r}/3, {n} tokens" for r in (1, 2, 3) for n in (8, 16)]
 
@@ -112,3 +114,58 @@ def test_quantised_decode_is_compared_with_llama_cpp_from_the_same_run():
         (f"{model} decode after 512 int8", 1.1, 1.0),
         (f"{model} prefill@512 (ours fp32)", 2.143, 1.0),  # ratios are rounded to 3 places
     }
+
+
+def test_attention_flops_follow_pytorchs_top_left_causal_mask():
+    full = bench._attention_flops((1, 2, 4, 8), (1, 2, 6, 8), (1, 2, 6, 8), is_causal=False)
+    assert full == 2 * 2 * (4 * 6) * (8 + 8)
+    # causal, 4 queries over 4 keys: 1 + 2 + 3 + 4 pairs per head
+    assert bench._attention_flops((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8), True) == 2 * 2 * 10 * 16
+    # more queries than keys: the rows past the last key see every key
+    assert bench._attention_flops((1, 1, 5, 8), (1, 1, 3, 8), (1, 1, 3, 8), True) == 2 * (6 + 2 * 3) * 16
+
+
+def test_prefill_flops_count_every_projection_the_attention_and_the_kept_logits():
+    """The quick Jamba's prefill, counted, against the same count by hand from its config."""
+    import math
+
+    import torch
+
+    c = bench._jamba_hf_config(quick=True)
+    model, vocab = bench._load("jamba-quick", "ours/fp32", {"quick": True})
+    d, inner, experts, k = (c["hidden_size"], c["intermediate_size"], c["num_experts"],
+                            c["num_experts_per_tok"])
+    ed, state, rank = c["mamba_expand"] * d, c["mamba_d_state"], math.ceil(d / 16)
+    heads, kv_heads = c["num_attention_heads"], c["num_key_value_heads"]
+    head_dim = d // heads
+    mamba = 2 * (d * 2 * ed + ed * (rank + 2 * state) + rank * ed + ed * d)
+    attention = 2 * d * (heads * head_dim + 2 * kv_heads * head_dim + d)
+    mlp = 3 * 2 * d * inner
+    moe = 2 * d * experts + k * mlp  # router, then k experts per token
+    per_token = 0
+    for i in range(c["num_hidden_layers"]):
+        is_attention = i % c["attn_layer_period"] == c["attn_layer_offset"]
+        per_token += attention if is_attention else mamba
+        per_token += moe if i % c["expert_layer_period"] == c["expert_layer_offset"] else mlp
+    n = 32  # one chunk: one causal attention layer, and logits for the last token only
+    scores = 2 * heads * (n * (n + 1) // 2) * 2 * head_dim
+    torch.manual_seed(0)  # a routing where some expert gets few rows (the C++ matvec's)
+    with torch.inference_mode():
+        flops = bench._prefill_flops(bench._Ours(model), torch.randint(0, vocab, (1, n)))
+    assert flops == n * per_token + scores + 2 * d * vocab
+
+
+def test_prefill_is_compared_with_the_matmul_bound_of_the_same_run():
+    model = "jamba-300m"
+    results = {
+        f"{model}/ours/fp32": {"prefill": {512: 500.0, 2048: 400.0},
+                               "prefill_flops": {512: 512 * 0.3e9, 2048: 2048 * 0.35e9}},
+        f"{model}/speed": {"matmul_flops_per_s": {512: 150e9, 2048: 140e9}},
+    }
+    plan = {"prefill": [512, 2048], "decode_after": [512], "steps": 16}
+    rows = {r["name"]: r for r in bench._comparisons(model, results, plan)}
+    row = rows[f"{model} prefill@2048 fp32 vs matmul bound"]
+    assert row["baseline"] == 400.0 and row["ratio"] == 1.0 and row["target"] == 0.6
+    assert row["baseline_name"] == "bound (140 GFLOP/s / 0.35 GFLOP/token)"
+    short = rows[f"{model} prefill@512 fp32 vs matmul bound"]
+    assert short["baseline"] == 500.0 and "target" not in short  # the target is at >= 2048

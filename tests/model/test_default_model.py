@@ -41,7 +41,8 @@ def test_bench_engine_quick_reports_comparisons(capsys):
     rows = {row["name"]: row for row in report["comparisons"]}
     assert {"jamba-quick prefill@64 fp32", "jamba-quick decode after 32 fp32",
             "jamba-quick decode after 32 int8", "jamba-quick cache bytes/token @32",
-            "jamba-quick decode after 32 fp32 vs bandwidth bound"} <= set(rows)
+            "jamba-quick decode after 32 fp32 vs bandwidth bound",
+            "jamba-quick prefill@64 fp32 vs matmul bound"} <= set(rows)
     assert any(name.startswith("jamba-quick peak RSS") for name in rows)
     for row in rows.values():
         assert {"name", "unit", "ours", "baseline", "baseline_name", "ratio"} <= set(row) <= {
