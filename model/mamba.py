@@ -70,19 +70,21 @@ class MambaMixer(nn.Module):
         keep = None if pad is None else pad[:, None, :].to(h.dtype)  # (B, 1, L)
         if pad is not None:
             h = h * pad[..., None].to(h.dtype)
-        if isinstance(self.in_proj, nn.Linear) and self.in_proj.weight.dtype == h.dtype and length > 1:
+        if isinstance(self.in_proj, nn.Linear) and self.in_proj.weight.is_floating_point() and length > 1:
             # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read. On the
-            # 3-D h, ``@`` runs h @ W^T (the reference's own product and rounding) and then
-            # transposes the (L, 2ED) result in a copy; in fp32, one bmm on the weight expanded
-            # over B writes that layout directly (the copy was 6% of a 2048-token CPU prefill
-            # of the 300M Jamba; in bf16 the bmm rounds otherwise, and the bf16 parity test's
-            # error went past twice transformers', 1.22 against 0.56).
+            # 3-D h, ``@`` runs h @ W^T and then transposes the (L, 2ED) result in a copy; in
+            # fp32, one bmm on the weight expanded over B writes that layout directly (the copy
+            # was 6% of a 2048-token CPU prefill of the 300M Jamba). Weights stored narrower
+            # than h (``quantize="bf16"``) are widened, as ``kernels.linear`` does: through it,
+            # x and z came out strided by 2ED along L, and the conv and the scan read them 8x
+            # and 1.4x slower (the same prefill in bf16 weights).
+            weight = self.in_proj.weight.to(h.dtype)
             if h.dtype == torch.float32:
-                xz = torch.bmm(self.in_proj.weight.expand(h.shape[0], -1, -1), h.transpose(1, 2))
+                xz = torch.bmm(weight.expand(h.shape[0], -1, -1), h.transpose(1, 2))
             else:
-                xz = self.in_proj.weight @ h.transpose(1, 2)  # (B, 2ED, L)
+                xz = weight @ h.transpose(1, 2)  # (B, 2ED, L)
             if self.in_proj.bias is not None:
-                xz = xz + self.in_proj.bias[:, None]
+                xz = xz + self.in_proj.bias.to(h.dtype)[:, None]
         else:  # one token (the matvec kernel) or quantised weights (model.quant): (B, L, 2ED) as
             xz = self.in_proj(h).transpose(1, 2)  # (B, 2ED, L); the kernels take strides
         x, z = xz.chunk(2, dim=1)  # (B, ED, L) each

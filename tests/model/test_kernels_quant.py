@@ -190,6 +190,28 @@ def test_bf16_weights_compute_like_the_fp32_model_of_the_rounded_weights(backend
                                _prefill_3_decode_3(rounded, ids[:, :6]), rtol=1e-5, atol=1e-5)
 
 
+def test_bf16_weights_hand_the_mamba_kernels_time_contiguous_rows(monkeypatch):
+    """A prefill on bf16 weights lays the Mamba in_proj's output out as the fp32 one does,
+    (B, ED, L) rows with unit stride along L: strided by 2ED instead, the CPU conv read it 8x
+    slower (a 2048-token prefill of the 300M Jamba)."""
+    from model import kernels
+
+    strides: list[tuple[torch.dtype, int]] = []
+    conv = kernels.causal_conv1d
+
+    def recording(x, *args, **kwargs):
+        strides.append((x.dtype, x.stride(-1)))
+        return conv(x, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "causal_conv1d", recording)
+    model = _perturbed_tiny_jamba(seed=8).requires_grad_(False)
+    quant = quantize_(copy.deepcopy(model), "bf16")
+    ids = torch.randint(3, 256, (2, 24), generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        quant(ids)
+    assert strides and set(strides) == {(torch.float32, 1)}
+
+
 def test_quantize_rejects_unknown_mode_and_none_is_a_no_op():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="int8"):
