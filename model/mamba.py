@@ -70,7 +70,8 @@ class MambaMixer(nn.Module):
         keep = None if pad is None else pad[:, None, :].to(h.dtype)  # (B, 1, L)
         if pad is not None:
             h = h * pad[..., None].to(h.dtype)
-        if isinstance(self.in_proj, nn.Linear) and self.in_proj.weight.is_floating_point() and length > 1:
+        in_proj = self.in_proj
+        if isinstance(in_proj, nn.Linear) and in_proj.weight.is_floating_point() and length > 1:
             # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read. On the
             # 3-D h, ``@`` runs h @ W^T and then transposes the (L, 2ED) result in a copy; in
             # fp32, one bmm on the weight expanded over B writes that layout directly (the copy

@@ -219,12 +219,14 @@ def _prefill_flops(engine: _Ours, ids: Any) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    def sdpa(query: Sequence[int], key: Sequence[int], value: Sequence[int], attn_mask: Any = None, dropout_p: float = 0.0,
-             is_causal: bool = False, *args: Any, **kwargs: Any) -> int:
+    def sdpa(query: Sequence[int], key: Sequence[int], value: Sequence[int],
+             attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
+             *args: Any, **kwargs: Any) -> int:
         return _attention_flops(query, key, value, is_causal)
 
-    def cpu_flash(query: Sequence[int], key: Sequence[int], value: Sequence[int], dropout_p: float = 0.0,
-                  is_causal: bool = False, *args: Any, **kwargs: Any) -> int:
+    def cpu_flash(query: Sequence[int], key: Sequence[int], value: Sequence[int],
+                  dropout_p: float = 0.0, is_causal: bool = False,
+                  *args: Any, **kwargs: Any) -> int:
         return _attention_flops(query, key, value, is_causal)
 
     def matvec(x: Sequence[int], weight: Sequence[int], *args: Any, **kwargs: Any) -> int:
@@ -331,8 +333,9 @@ def _interleaved(
     same prompt. After each length with decode, the read bandwidth is probed too
     (``bandwidth_bytes_per_s``, the median per context length), so a decode's bandwidth bound
     comes from the same minutes as the decode it is compared with; after each prefill length,
-    the fp32 matmul rate (``matmul_flops_per_s``), for the prefill's matmul bound. ``progress(message)``, if
-    given, hears of each length measured (a full run takes ~15 minutes per model).
+    the fp32 matmul rate (``matmul_flops_per_s``), for the prefill's matmul bound.
+    ``progress(message)``, if given, hears of each length measured (a full run takes ~15
+    minutes per model).
     """
     import statistics
 
@@ -535,7 +538,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             gen = torch.Generator().manual_seed(0)
             with torch.inference_mode():
                 result["ours/fp32"]["prefill_flops"] = {
-                    n: _prefill_flops(engines["ours/fp32"], torch.randint(0, vocab, (1, n), generator=gen))
+                    n: _prefill_flops(engines["ours/fp32"],
+                                      torch.randint(0, vocab, (1, n), generator=gen))
                     for n in plan["prefill"]}
         return result
     before = _peak_rss()

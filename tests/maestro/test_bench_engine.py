@@ -122,7 +122,8 @@ def test_attention_flops_follow_pytorchs_top_left_causal_mask():
     # causal, 4 queries over 4 keys: 1 + 2 + 3 + 4 pairs per head
     assert bench._attention_flops((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8), True) == 2 * 2 * 10 * 16
     # more queries than keys: the rows past the last key see every key
-    assert bench._attention_flops((1, 1, 5, 8), (1, 1, 3, 8), (1, 1, 3, 8), True) == 2 * (6 + 2 * 3) * 16
+    more = bench._attention_flops((1, 1, 5, 8), (1, 1, 3, 8), (1, 1, 3, 8), is_causal=True)
+    assert more == 2 * (6 + 2 * 3) * 16
 
 
 def test_prefill_flops_count_every_projection_the_attention_and_the_kept_logits():
