@@ -79,13 +79,13 @@ class MambaMixer(nn.Module):
             # than h (``quantize="bf16"``) are widened, as ``kernels.linear`` does: through it,
             # x and z came out strided by 2ED along L, and the conv and the scan read them 8x
             # and 1.4x slower (the same prefill in bf16 weights).
-            weight = self.in_proj.weight.to(h.dtype)
+            weight = in_proj.weight.to(h.dtype)
             if h.dtype == torch.float32:
                 xz = torch.bmm(weight.expand(h.shape[0], -1, -1), h.transpose(1, 2))
             else:
                 xz = weight @ h.transpose(1, 2)  # (B, 2ED, L)
-            if self.in_proj.bias is not None:
-                xz = xz + self.in_proj.bias.to(h.dtype)[:, None]
+            if in_proj.bias is not None:
+                xz = xz + in_proj.bias.to(h.dtype)[:, None]
         else:  # one token (the matvec kernel) or quantised weights (model.quant): (B, L, 2ED) as
             xz = self.in_proj(h).transpose(1, 2)  # (B, 2ED, L); the kernels take strides
         x, z = xz.chunk(2, dim=1)  # (B, ED, L) each
