@@ -51,11 +51,16 @@ from model.kernels.linear import linear, linear_ref
 from model.kernels.mamba_decode import mamba_decode_step, mamba_decode_step_ref
 from model.kernels.quant_linear import (
     dequantize_int4,
+    dequantize_int4_ref,
+    dequantize_int8,
+    dequantize_int8_ref,
     int4_linear,
     int4_linear_ref,
     int8_linear,
     int8_linear_ref,
     pack_int4,
+    quantize_activations,
+    quantize_activations_ref,
     unpack_int4,
 )
 from model.kernels.rms_norm import rms_norm, rms_norm_ref
@@ -82,6 +87,9 @@ __all__ = [
     "decoder_layer_decode",
     "decoder_layer_decode_ref",
     "dequantize_int4",
+    "dequantize_int4_ref",
+    "dequantize_int8",
+    "dequantize_int8_ref",
     "expert_linear",
     "expert_linear_ref",
     "int4_linear",
@@ -101,6 +109,8 @@ __all__ = [
     "new_decode_plan",
     "op_backends",
     "pack_int4",
+    "quantize_activations",
+    "quantize_activations_ref",
     "register_backend",
     "rms_norm",
     "rms_norm_ref",

@@ -25,7 +25,7 @@ from model.kernels.dispatch import implementation, register_reference
 ACT_BLOCK = 32  # activation values per quantisation block
 
 
-def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+def quantize_activations_ref(x: torch.Tensor) -> torch.Tensor:
     """x̂: x (..., K) in fp32, rounded to int8 per block of 32 along K and scaled back.
 
     ``scale = max|x_block| / 127``, ``x̂ = round(x / scale) * scale`` (round half to even; an
@@ -38,13 +38,35 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     return (q * scale).reshape(x.shape)
 
 
+register_reference("quantize_activations", quantize_activations_ref)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x̂ on the active backend (the prefill path of the quantised linears); same contract as
+    :func:`quantize_activations_ref`, bit for bit."""
+    return implementation("quantize_activations", x.device.type)(x)
+
+
+def dequantize_int8_ref(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 weight, (N,) scale -> the (N, K) fp32 weight ``W8 * scale``."""
+    return weight.float() * scale.float()[:, None]
+
+
+register_reference("dequantize_int8", dequantize_int8_ref)
+
+
+def dequantize_int8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """:func:`dequantize_int8_ref` on the active backend, bit for bit."""
+    return implementation("dequantize_int8", weight.device.type)(weight, scale)
+
+
 def int8_linear_ref(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Reference: x̂ (x itself when K % 32 != 0) times the dequantised weight, in fp32;
     returns x's dtype."""
-    w = weight.float() * scale.float()[:, None]  # (N, K)
-    xq = quantize_activations(x) if x.shape[-1] % ACT_BLOCK == 0 else x.float()
+    w = dequantize_int8_ref(weight, scale)  # (N, K)
+    xq = quantize_activations_ref(x) if x.shape[-1] % ACT_BLOCK == 0 else x.float()
     y = xq @ w.t()
     if bias is not None:
         y = y + bias.float()
@@ -64,12 +86,22 @@ def int8_linear(
 INT4_GROUP = 32
 
 
-def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+def dequantize_int4_ref(
+    packed: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor
+) -> torch.Tensor:
     """(N, K/2) packed nibbles, (N, K/32) scale and minimum -> the (N, K) fp32 weight."""
     q = unpack_int4(packed).float()
     return q * scale.float().repeat_interleave(INT4_GROUP, 1) + minimum.float().repeat_interleave(
         INT4_GROUP, 1
     )
+
+
+register_reference("dequantize_int4", dequantize_int4_ref)
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    """:func:`dequantize_int4_ref` on the active backend, bit for bit."""
+    return implementation("dequantize_int4", packed.device.type)(packed, scale, minimum)
 
 
 def int4_linear_ref(
@@ -85,7 +117,7 @@ def int4_linear_ref(
     [0, 15]. packed (N, K/2) uint8: in each group, byte j holds q[j] in its low nibble and
     q[j + 16] in its high nibble; scale, minimum (N, K/32) fp32.
     """
-    y = quantize_activations(x) @ dequantize_int4(packed, scale, minimum).t()
+    y = quantize_activations_ref(x) @ dequantize_int4_ref(packed, scale, minimum).t()
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)

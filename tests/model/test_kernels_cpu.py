@@ -344,6 +344,43 @@ def test_quantised_linears_compute_with_block_quantised_activations(rows):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_activations_is_the_reference_bit_for_bit(dtype):
+    """The prefill path of the quantised linears rounds x with the C++ op; decode's matvec and
+    the references round it the same way, so the op must match the reference exactly:
+    wide-ranged blocks, an all-zero block, a block whose scale underflows, a strided input
+    (the Mamba out_proj's)."""
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(3, 40, 128, generator=g) * torch.logspace(-3, 2, 128)
+    x[0, 0, :32] = 0.0
+    x[0, 1, 32:64] = 1e-40  # denormal: max / 127 rounds to zero
+    x = x.to(dtype)
+    for inp in (x, x[:, ::2, :], x.transpose(1, 2).contiguous().transpose(1, 2)):
+        got = kernels.quantize_activations(inp)
+        want = kernels.quantize_activations_ref(inp)
+        assert got.dtype == torch.float32 and got.shape == inp.shape
+        assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        kernels.quantize_activations(torch.randn(2, 48))
+
+
+def test_dequantize_ops_are_the_references_bit_for_bit():
+    """One pass each in C++ instead of PyTorch's 2 (int8) and ~8 (4-bit) passes; the 4-bit
+    product must be rounded before the sum, as the reference does (no FMA contraction)."""
+    from model.quant import quantize_int4, quantize_int8
+
+    g = torch.Generator().manual_seed(17)
+    w = torch.randn(300, 160, generator=g) * torch.rand(300, 1, generator=g)
+    w8, s8 = quantize_int8(w)
+    assert torch.equal(kernels.dequantize_int8(w8, s8), kernels.dequantize_int8_ref(w8, s8))
+    p4, s4, m4 = quantize_int4(w)
+    assert torch.equal(kernels.dequantize_int4(p4, s4, m4), kernels.dequantize_int4_ref(p4, s4, m4))
+    with pytest.raises(RuntimeError, match="one value per row"):
+        kernels.dequantize_int8(w8, s8[:-1])
+    with pytest.raises(RuntimeError, match=r"\(N, K/32\)"):
+        kernels.dequantize_int4(p4, s4[:, :-1], m4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1, 576), (2, 37, 64), (3, 7)])
 def test_rms_norm(dtype, shape):
     g = torch.Generator().manual_seed(15)

@@ -966,6 +966,128 @@ void quantize_blocks(const float* x, int64_t count, int8_t* q, float* s) {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// The operands of a quantised linear's prefill (the Python wrappers then run one BLAS matmul on
+// them): x̂, the activations rounded per block as the matvec kernels see them, and the fp32
+// weight. In PyTorch ops each took 5-8 passes over its tensor; these take one, with the same
+// float operations as the references (quant_linear.py), so the results are bit-identical.
+// ---------------------------------------------------------------------------------------
+
+// One block of Q_BLOCK values -> x̂: rounded to int8 steps of max|x| / 127 and scaled back.
+// GCC does not vectorise the scalar loops (the rounding call, the max reduction), which ran
+// slower than PyTorch's six passes; by hand it is one load and one store per value.
+inline void quantize_block_back(const float* x, float* out) {
+#if defined(__AVX2__)
+  static_assert(Q_BLOCK == 32, "four 8-float registers a block");
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 v[4];
+  __m256 m = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+  }
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+  const float scale = _mm_cvtss_f32(h) / 127.0f;
+  if (!(scale > 0.0f)) {
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_setzero_ps());
+    return;
+  }
+  const __m256 sv = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (int i = 0; i < 4; ++i) {
+    __m256 q = _mm256_round_ps(_mm256_div_ps(v[i], sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_min_ps(hi, _mm256_max_ps(lo, q));
+    _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(q, sv));
+  }
+#else
+  float amax = 0.0f;
+  for (int64_t j = 0; j < Q_BLOCK; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float scale = amax / 127.0f;
+  for (int64_t j = 0; j < Q_BLOCK; ++j)
+    out[j] = scale > 0.0f ? std::min(127.0f, std::max(-127.0f, std::nearbyint(x[j] / scale))) * scale
+                          : 0.0f;
+#endif
+}
+
+// x (..., K), K % Q_BLOCK == 0 -> x̂ (..., K) fp32: each block of Q_BLOCK values rounded to
+// int8 steps of max|block| / 127 and scaled back.
+Tensor quantize_activations(const Tensor& x) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) % Q_BLOCK == 0,
+              "quantize_activations: the last dimension must be a multiple of ", Q_BLOCK);
+  const Tensor xf = x.to(at::kFloat).contiguous();
+  Tensor out = at::empty(xf.sizes(), xf.options());
+  const float* xp = xf.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, xf.numel() / Q_BLOCK, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) quantize_block_back(xp + b * Q_BLOCK, op + b * Q_BLOCK);
+  });
+  return out;
+}
+
+// (N, K) int8 weight, (N) fp32 scale -> (N, K) fp32 W8 * scale.
+Tensor dequantize_int8(const Tensor& weight, const Tensor& scale) {
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kChar &&
+                  weight.dim() == 2 && weight.is_contiguous(),
+              "dequantize_int8: weight must be a contiguous int8 (N, K) CPU tensor");
+  const int64_t n_out = weight.size(0), k_in = weight.size(1);
+  TORCH_CHECK(scale.numel() == n_out, "dequantize_int8: scale must hold one value per row");
+  const Tensor sf = f32(scale);
+  Tensor out = at::empty({n_out, k_in}, weight.options().dtype(at::kFloat));
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* sp = sf.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, n_out, std::max<int64_t>(1, 65536 / std::max<int64_t>(k_in, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const float s = sp[n];
+#pragma omp simd
+      for (int64_t k = 0; k < k_in; ++k) op[n * k_in + k] = static_cast<float>(wp[n * k_in + k]) * s;
+    }
+  });
+  return out;
+}
+
+// Groups [begin, end) of packed nibbles -> q * scale + minimum, the product rounded before the
+// sum as in the reference: GCC contracts a * b + c into an FMA in C++ unless told not to, and a
+// function with other optimisation options is not inlined into one without them.
+__attribute__((optimize("fp-contract=off"))) void dequantize_int4_groups(
+    const uint8_t* wp, const float* sp, const float* mp, int64_t begin, int64_t end, float* op) {
+  for (int64_t g = begin; g < end; ++g) {
+    const uint8_t* bytes = wp + g * (Q_BLOCK / 2);
+    float* o = op + g * Q_BLOCK;
+    const float s = sp[g], m = mp[g];
+#pragma omp simd
+    for (int64_t j = 0; j < Q_BLOCK / 2; ++j) {
+      o[j] = static_cast<float>(bytes[j] & 0x0F) * s + m;
+      o[j + Q_BLOCK / 2] = static_cast<float>(bytes[j] >> 4) * s + m;
+    }
+  }
+}
+
+// (N, K/2) packed nibbles, (N, K/32) scale and minimum -> (N, K) fp32 q * scale + minimum.
+Tensor dequantize_int4(const Tensor& packed, const Tensor& scale, const Tensor& minimum) {
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kByte &&
+                  packed.dim() == 2 && packed.is_contiguous(),
+              "dequantize_int4: packed must be a contiguous uint8 (N, K/2) CPU tensor");
+  const int64_t n_out = packed.size(0), k_in = packed.size(1) * 2;
+  TORCH_CHECK(k_in % Q_BLOCK == 0, "dequantize_int4: K must be a multiple of ", Q_BLOCK);
+  const int64_t groups = k_in / Q_BLOCK;
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == n_out && scale.size(1) == groups &&
+                  minimum.sizes() == scale.sizes(),
+              "dequantize_int4: scale and minimum must be (N, K/32)");
+  const Tensor sf = f32(scale), mf = f32(minimum);
+  Tensor out = at::empty({n_out, k_in}, packed.options().dtype(at::kFloat));
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const float *sp = sf.data_ptr<float>(), *mp = mf.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, n_out * groups, 64, [&](int64_t begin, int64_t end) {
+    dequantize_int4_groups(wp, sp, mp, begin, end, op);
+  });
+  return out;
+}
+
 #if defined(__AVX2__) && defined(__FMA__)
 // 32 signed int8 weights . 32 signed int8 activations -> 8 int32 partial sums. maddubs wants
 // unsigned x signed, so multiply |w| by x carrying w's sign; |w|, |x| <= 127 keeps the int16
@@ -2299,6 +2421,9 @@ TORCH_LIBRARY(model_kernels, m) {
       "Tensor? b_norm_weight, Tensor? c_norm_weight, float norm_eps) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scale, Tensor minimum, Tensor? bias) -> Tensor");
+  m.def("quantize_activations(Tensor x) -> Tensor");
+  m.def("dequantize_int8(Tensor weight, Tensor scale) -> Tensor");
+  m.def("dequantize_int4(Tensor packed, Tensor scale, Tensor minimum) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("linear_matvec(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
@@ -2331,6 +2456,9 @@ TORCH_LIBRARY_IMPL(model_kernels, CPU, m) {
   m.impl("mamba_decode_step", &mamba_decode_step);
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
+  m.impl("quantize_activations", &quantize_activations);
+  m.impl("dequantize_int8", &dequantize_int8);
+  m.impl("dequantize_int4", &dequantize_int4);
   m.impl("rms_norm", &rms_norm);
   m.impl("linear_matvec", &linear_matvec);
   m.impl("rope", &rope);

@@ -181,6 +181,18 @@ def _register_fakes() -> None:
     def _int4(x, packed, scale, minimum, bias):
         return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
+    @torch.library.register_fake(lib + "quantize_activations")
+    def _quantize_activations(x):
+        return x.new_empty(x.shape, dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "dequantize_int8")
+    def _dequantize_int8(weight, scale):
+        return weight.new_empty(weight.shape, dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "dequantize_int4")
+    def _dequantize_int4(packed, scale, minimum):
+        return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.float32)
+
     @torch.library.register_fake(lib + "rms_norm")
     def _rms(x, weight, eps):
         return torch.empty_like(x)
@@ -261,21 +273,19 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
         if rows > _INT8_MATVEC_MAX_ROWS:
             # Prefill: compute-bound, so dequantise once and let the BLAS matmul do the work
             # (on the same block-quantised activations as the matvec, so both paths agree).
-            from model.kernels.quant_linear import ACT_BLOCK, quantize_activations
+            from model.kernels.quant_linear import ACT_BLOCK
 
-            w = (weight.to(x.dtype) * scale.to(x.dtype)[:, None])
+            w = ops.dequantize_int8(weight, scale).to(x.dtype)
             if x.shape[-1] % ACT_BLOCK == 0:
-                x = quantize_activations(x).to(x.dtype)
+                x = ops.quantize_activations(x).to(x.dtype)
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
         return ops.int8_linear(x, weight, scale, bias)
 
     def int4_linear(x, packed, scale, minimum, bias=None):
         rows = x.numel() // max(x.shape[-1], 1)
         if rows > _INT8_MATVEC_MAX_ROWS:  # prefill: dequantise once, BLAS matmul
-            from model.kernels.quant_linear import dequantize_int4, quantize_activations
-
-            w = dequantize_int4(packed, scale, minimum).to(x.dtype)
-            x = quantize_activations(x).to(x.dtype)
+            w = ops.dequantize_int4(packed, scale, minimum).to(x.dtype)
+            x = ops.quantize_activations(x).to(x.dtype)
             return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
         return ops.int4_linear(x, packed, scale, minimum, bias)
 
@@ -395,6 +405,9 @@ def _wrappers() -> dict[str, Callable[..., Any]]:
         "rms_norm": rms_norm,
         "int4_linear": int4_linear,
         "int8_linear": int8_linear,
+        "quantize_activations": ops.quantize_activations,
+        "dequantize_int8": ops.dequantize_int8,
+        "dequantize_int4": ops.dequantize_int4,
         "selective_scan": selective_scan,
         "causal_conv1d": causal_conv1d,
         "causal_conv1d_update": causal_conv1d_update,
