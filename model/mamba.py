@@ -29,6 +29,7 @@ from model import kernels
 from model.cache import MambaState
 from model.config import ModelConfig
 from model.layers import Linear, RMSNorm
+from model.quant import QuantLinear
 
 
 class MambaMixer(nn.Module):
@@ -71,23 +72,23 @@ class MambaMixer(nn.Module):
         if pad is not None:
             h = h * pad[..., None].to(h.dtype)
         in_proj = self.in_proj
-        if isinstance(in_proj, nn.Linear) and in_proj.weight.is_floating_point() and length > 1:
+        operands = _prefill_operands(in_proj, h) if length > 1 else None
+        if operands is not None:
             # W @ h^T lays x and z out as (B, ED, L) rows, the layout the kernels read. On the
             # 3-D h, ``@`` runs h @ W^T and then transposes the (L, 2ED) result in a copy; in
             # fp32, one bmm on the weight expanded over B writes that layout directly (the copy
-            # was 6% of a 2048-token CPU prefill of the 300M Jamba). Weights stored narrower
-            # than h (``quantize="bf16"``) are widened, as ``kernels.linear`` does: through it,
-            # x and z came out strided by 2ED along L, and the conv and the scan read them 8x
+            # was 6% of a 2048-token CPU prefill of the 300M Jamba). Through ``in_proj(h)``, x
+            # and z came out strided by 2ED along L, and the conv and the scan read them 8x
             # and 1.4x slower (the same prefill in bf16 weights).
-            weight = in_proj.weight.to(h.dtype)
+            weight, h_in = operands
             if h.dtype == torch.float32:
-                xz = torch.bmm(weight.expand(h.shape[0], -1, -1), h.transpose(1, 2))
+                xz = torch.bmm(weight.expand(h.shape[0], -1, -1), h_in.transpose(1, 2))
             else:
-                xz = weight @ h.transpose(1, 2)  # (B, 2ED, L)
+                xz = weight @ h_in.transpose(1, 2)  # (B, 2ED, L)
             if in_proj.bias is not None:
                 xz = xz + in_proj.bias.to(h.dtype)[:, None]
-        else:  # one token (the matvec kernel) or quantised weights (model.quant): (B, L, 2ED) as
-            xz = self.in_proj(h).transpose(1, 2)  # (B, 2ED, L); the kernels take strides
+        else:  # one token: the matvec kernels, (B, 1, 2ED) -> (B, 2ED, 1)
+            xz = in_proj(h).transpose(1, 2)
         x, z = xz.chunk(2, dim=1)  # (B, ED, L) each
         A = self._A()  # (ED, N) fp32
 
@@ -124,3 +125,17 @@ class MambaMixer(nn.Module):
             state.conv.copy_(conv_final)
             state.ssm.copy_(ssm_final)
         return self.out_proj(y.transpose(1, 2).to(h.dtype))  # (B, L, D)
+
+
+def _prefill_operands(
+    proj: nn.Module, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(W, h) in h's dtype for a prefill matmul that ``proj`` would run as ``h @ W^T``: float
+    weights widened (``quantize="bf16"`` stores them narrower, as ``kernels.linear`` widens
+    them), int8/int4 dequantised with the activations rounded as their kernels round them; None
+    for a module with no such form."""
+    if isinstance(proj, QuantLinear):
+        return proj.prefill_operands(h)
+    if isinstance(proj, nn.Linear) and proj.weight.is_floating_point():
+        return proj.weight.to(h.dtype), h
+    return None

@@ -131,7 +131,17 @@ class QuantLinear(nn.Module):
         """The fp32 weight this layer computes with."""
         if self.bits == 4:
             return kernels.dequantize_int4(self.qweight, self.scale, self.minimum)
-        return self.qweight.float() * self.scale[:, None]
+        return kernels.dequantize_int8(self.qweight, self.scale)
+
+    def prefill_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, x̂) in x's dtype: the dequantised weight and the activations rounded as this
+        layer's kernels round them (x itself for int8 rows that are not whole blocks of 32),
+        for a caller that runs the prefill matmul in its own layout (the Mamba mixer's
+        ``W @ x̂^T``). ``x̂ @ W^T + bias`` is what :meth:`forward` computes."""
+        weight = self.dequantize().to(x.dtype)
+        if self.bits == 8 and x.shape[-1] % kernels.quant_linear.ACT_BLOCK != 0:
+            return weight, x
+        return weight, kernels.quantize_activations(x).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}"
