@@ -668,12 +668,16 @@ def _comparisons(model: str, results: dict[str, dict[str, Any]], plan: dict[str,
                      f"bound ({bandwidth / 1e9:.1f} GB/s / {weight_bytes / 2**20:.0f} MiB)",
                      target=0.9 if model == "jamba-300m" and weights == "fp32" else None)
     half = get(f"{model}/ours/bf16")
-    if half is not None:  # what half the weight bytes buys, and what widening them costs
+    if half is not None:  # what half the weight bytes buys
         for n in plan["decode_after"]:
             rows.add(f"{model} decode after {n} bf16 weights", "tok/s", _at(half, "decode", n),
                      _at(ours, "decode", n), "ours fp32")
+    for weights in ("bf16", "int8", "int4"):  # what widening narrow weights per call costs
+        narrow = get(f"{model}/ours/{weights}")
+        if narrow is None:
+            continue
         for n in lengths:
-            rows.add(f"{model} prefill@{n} bf16 weights", "tok/s", _at(half, "prefill", n),
+            rows.add(f"{model} prefill@{n} {weights} weights", "tok/s", _at(narrow, "prefill", n),
                      _at(ours, "prefill", n), "ours fp32")
     for bits in ("int8", "int4"):
         quant = get(f"{model}/ours/{bits}")

@@ -109,6 +109,9 @@ def test_quantised_decode_is_compared_with_llama_cpp_from_the_same_run():
     }
     plan = {"prefill": [512], "decode_after": [512], "steps": 16}
     rows = bench._comparisons(model, results, plan)
+    narrow = [r for r in rows if r["name"].endswith("weights")]
+    assert [(r["name"], r["baseline_name"], r["ratio"]) for r in narrow] == [
+        (f"{model} prefill@512 int8 weights", "ours fp32", 0.833)]  # int4 and bf16 did not run
     vs_cpp = [r for r in rows if r["baseline_name"] == "llama.cpp Q4_1"]
     assert {(r["name"], r["ratio"], r["target"]) for r in vs_cpp} == {
         (f"{model} decode after 512 int8", 1.1, 1.0),

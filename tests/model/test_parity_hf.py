@@ -71,7 +71,14 @@ def test_config_matches_transformers_parameter_count(checkpoint_factory):
 
 def test_bf16_error_within_twice_transformers_bf16_error(checkpoint_factory, kernel_backend):
     """flash-attention's rule: our bf16 error vs the fp32 reference is at most ~2x the error of
-    the reference itself run in bf16."""
+    the reference itself run in bf16.
+
+    On these tiny random MoE checkpoints the max error is set by where bf16 rounding flips a
+    token's top-2 experts, which is luck: over seeds 1-10 of this checkpoint the ratio ours /
+    transformers was 0.54-2.73 for the max error (median 1.07) and 0.76-1.69 for the mean
+    (median 0.97), the worst seeds those where ours flipped more routes (seed 2: 7 against 3;
+    seed 6, the other way: 4 against 7). Seed 1, used here, gives 1.09 (max) and 1.13 (mean).
+    """
     ckpt = checkpoint_factory("v01_pattern")
     bf16 = load_hf_dir(ckpt.path, dtype=torch.bfloat16)
     assert bf16.embed_tokens.weight.dtype == torch.bfloat16
