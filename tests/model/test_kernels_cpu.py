@@ -347,14 +347,19 @@ def test_quantised_linears_compute_with_block_quantised_activations(rows):
 def test_quantize_activations_is_the_reference_bit_for_bit(dtype):
     """The prefill path of the quantised linears rounds x with the C++ op; decode's matvec and
     the references round it the same way, so the op must match the reference exactly:
-    wide-ranged blocks, an all-zero block, a block whose scale underflows, a strided input
-    (the Mamba out_proj's)."""
+    wide-ranged blocks, an all-zero block, a block whose scale underflows, strided inputs,
+    among them (B, L, K) views of a (B, K, L) tensor (the Mamba out_proj's input, which the op
+    reads in tiles of 8 steps, here with and without a tail of L % 8 steps)."""
     g = torch.Generator().manual_seed(16)
     x = torch.randn(3, 40, 128, generator=g) * torch.logspace(-3, 2, 128)
     x[0, 0, :32] = 0.0
     x[0, 1, 32:64] = 1e-40  # denormal: max / 127 rounds to zero
     x = x.to(dtype)
-    for inp in (x, x[:, ::2, :], x.transpose(1, 2).contiguous().transpose(1, 2)):
+
+    def time_major(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+    for inp in (x, x[:, ::2, :], time_major(x), time_major(x[:, :37])):
         got = kernels.quantize_activations(inp)
         want = kernels.quantize_activations_ref(inp)
         assert got.dtype == torch.float32 and got.shape == inp.shape
