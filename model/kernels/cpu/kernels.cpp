@@ -994,9 +994,11 @@ inline void quantize_block_back(const float* x, float* out) {
     for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_setzero_ps());
     return;
   }
-  const __m256 sv = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const __m256 sv = _mm256_set1_ps(scale);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
   for (int i = 0; i < 4; ++i) {
-    __m256 q = _mm256_round_ps(_mm256_div_ps(v[i], sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 q = _mm256_round_ps(_mm256_div_ps(v[i], sv),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     q = _mm256_min_ps(hi, _mm256_max_ps(lo, q));
     _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(q, sv));
   }
@@ -1004,14 +1006,13 @@ inline void quantize_block_back(const float* x, float* out) {
   float amax = 0.0f;
   for (int64_t j = 0; j < Q_BLOCK; ++j) amax = std::max(amax, std::fabs(x[j]));
   const float scale = amax / 127.0f;
-  for (int64_t j = 0; j < Q_BLOCK; ++j)
-    out[j] = scale > 0.0f ? std::min(127.0f, std::max(-127.0f, std::nearbyint(x[j] / scale))) * scale
-                          : 0.0f;
+  for (int64_t j = 0; j < Q_BLOCK; ++j) {
+    const float q = scale > 0.0f ? std::nearbyint(x[j] / scale) : 0.0f;
+    out[j] = std::min(127.0f, std::max(-127.0f, q)) * scale;
+  }
 #endif
 }
 
-// x (..., K), K % Q_BLOCK == 0 -> x̂ (..., K) fp32: each block of Q_BLOCK values rounded to
-// int8 steps of max|block| / 127 and scaled back.
 #if defined(__AVX2__)
 // x̂ of a (B, L, K) fp32 tensor stored as its (B, K, L) transpose (the Mamba out_proj's input,
 // the scan's output viewed time-major) without copying it contiguous first: PyTorch's copy of
@@ -1061,6 +1062,8 @@ void quantize_transposed(const float* src, int64_t batch, int64_t length, int64_
 }
 #endif
 
+// x (..., K), K % Q_BLOCK == 0 -> x̂ (..., K) fp32: each block of Q_BLOCK values rounded to
+// int8 steps of max|block| / 127 and scaled back.
 Tensor quantize_activations(const Tensor& x) {
   check_cpu(x, "x");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) % Q_BLOCK == 0,
@@ -1101,7 +1104,8 @@ Tensor dequantize_int8(const Tensor& weight, const Tensor& scale) {
     for (int64_t n = begin; n < end; ++n) {
       const float s = sp[n];
 #pragma omp simd
-      for (int64_t k = 0; k < k_in; ++k) op[n * k_in + k] = static_cast<float>(wp[n * k_in + k]) * s;
+      for (int64_t k = 0; k < k_in; ++k)
+        op[n * k_in + k] = static_cast<float>(wp[n * k_in + k]) * s;
     }
   });
   return out;
