@@ -139,7 +139,7 @@ class QuantLinear(nn.Module):
         for a caller that runs the prefill matmul in its own layout (the Mamba mixer's
         ``W @ x̂^T``). ``x̂ @ W^T + bias`` is what :meth:`forward` computes."""
         weight = self.dequantize().to(x.dtype)
-        if self.bits == 8 and x.shape[-1] % kernels.quant_linear.ACT_BLOCK != 0:
+        if x.shape[-1] % kernels.quant_linear.ACT_BLOCK != 0:  # int8 only: 4-bit needs blocks
             return weight, x
         return weight, kernels.quantize_activations(x).to(x.dtype)
 
